@@ -1,0 +1,42 @@
+"""In-process wake-ups: a long-poll waits on keys (a queue, a run id) and writes notify them.
+
+This is only a latency shortcut: every waiter also re-checks the database on a short interval,
+so a write made by another server process is seen within that interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    async def wait(self, keys: Iterable[str], timeout: float) -> None:
+        """Return when any key is notified, or after `timeout` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        keys = list(keys)
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(future)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout)
+        finally:
+            for key in keys:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(future)
+                    if not waiters:
+                        del self._waiters[key]
+
+    def notify(self, key: str) -> None:
+        for future in self._waiters.pop(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def notify_all(self, keys: Iterable[str]) -> None:
+        for key in set(keys):
+            self.notify(key)

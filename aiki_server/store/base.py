@@ -1,0 +1,152 @@
+"""What the services need from a database, as a Protocol, and the rows it returns.
+
+Every method is one atomic operation (one transaction), shaped after what a service does rather
+than after tables, so each step of a run costs one round trip to the database. Implementations:
+`sqlite.py` (embedded default); PostgreSQL follows the same contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiki_client.wire import RunState
+
+
+def queue_key(workflow: str, version: str, shard_key: str | None = None) -> str:
+    """Where a ready run waits: one queue per workflow name + version (+ shard)."""
+    key = f"{workflow}\x1f{version}"
+    return key if shard_key is None else f"{key}\x1f{shard_key}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    id: str
+    workflow: str
+    version: str
+    input_json: str
+    input_hash: str
+    reference_id: str | None
+    shard_key: str | None
+    parent_id: str | None
+    wake_at_ms: int | None  # None: due now
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: str
+    workflow: str
+    version: str
+    state: RunState
+    revision: int
+    input_json: str
+    input_hash: str
+    output_json: str | None
+    error_json: str | None
+    attempts: int
+    reference_id: str | None
+    shard_key: str | None
+    parent_id: str | None
+    wake_at_ms: int | None
+    worker_id: str | None
+    created_at_ms: int
+    updated_at_ms: int
+
+    @property
+    def queue(self) -> str:
+        return queue_key(self.workflow, self.version, self.shard_key)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """A task outcome reported by a worker. `id` names a recorded call being retried."""
+
+    id: int | None
+    address: str
+    name: str
+    state: str
+    attempts: int
+    output_json: str | None
+    error_json: str | None
+    retry_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NextState:
+    """The state a worker moves its run to with a checkpoint."""
+
+    state: RunState
+    output_json: str | None = None
+    error_json: str | None = None
+    wake_at_ms: int | None = None
+    detail_json: str | None = None  # noted in the run's history (e.g. unconsumed calls)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    run: Run
+    tasks: list[dict[str, Any]]  # recorded calls, wire-shaped (output/error still JSON text)
+
+
+class CheckpointResult:
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def insert_run(self, new: NewRun, now_ms: int) -> tuple[Run, bool]:
+        """Insert a run; returns (run, created). An existing run with the same id or the same
+        (workflow, reference_id) is returned as is when it matches, else ApiError(conflict)."""
+        ...
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def list_history(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    async def list_tasks(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    async def claim_runs(
+        self, worker_id: str, queues: list[str], limit: int, now_ms: int, claim_expires_at_ms: int
+    ) -> list[Claimed]: ...
+
+    async def checkpoint(
+        self,
+        run_id: str,
+        worker_id: str,
+        revision: int,
+        seq: int,
+        tasks: list[TaskOutcome],
+        then: NextState | None,
+        now_ms: int,
+        claim_expires_at_ms: int,
+    ) -> str:
+        """Apply a worker's checkpoint atomically; CheckpointResult.APPLIED or DUPLICATE.
+        Raises ApiError(fenced) if the worker no longer holds the run at that revision."""
+        ...
+
+    async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]], claim_expires_at_ms: int) -> list[str]:
+        """Extend the claims; returns the ids of runs the worker no longer holds."""
+        ...
+
+    async def release_worker(self, worker_id: str, now_ms: int) -> list[str]:
+        """Requeue every run the worker holds; returns their queues."""
+        ...
+
+    async def release_expired_claims(self, now_ms: int) -> list[str]:
+        """Requeue runs whose claim went idle; returns their queues."""
+        ...
+
+    async def promote_due(self, now_ms: int) -> list[str]:
+        """Queue runs whose deadline has come; returns their queues."""
+        ...
+
+    async def next_wake_at(self) -> int | None: ...
+
+    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> list[str]:
+        """Cancel the run and its descendants that are not finished; returns the ids cancelled.
+        Raises ApiError(not_found) for an unknown run."""
+        ...

@@ -1,0 +1,68 @@
+"""Numbered migrations for the SQLite store, applied in order by the server on start.
+
+Times are integer milliseconds since the epoch; JSON values are stored as text.
+Never edit a released migration: add the next number.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            id               TEXT PRIMARY KEY,
+            workflow         TEXT NOT NULL,
+            version          TEXT NOT NULL,
+            queue            TEXT NOT NULL,       -- workflow \\x1f version [\\x1f shard]: who may claim it
+            state            TEXT NOT NULL,
+            revision         INTEGER NOT NULL DEFAULT 0,  -- bumped by every claim, release and cancel
+            input            TEXT NOT NULL,
+            input_hash       TEXT NOT NULL,
+            output           TEXT,
+            error            TEXT,
+            attempts         INTEGER NOT NULL DEFAULT 1,
+            reference_id     TEXT,
+            shard_key        TEXT,
+            parent_id        TEXT REFERENCES runs(id),
+            wake_at          INTEGER,             -- deadline of a scheduled / waiting run
+            ready_at         INTEGER,             -- when it was queued: claim order
+            worker_id        TEXT,                -- the claimant while running
+            claim_expires_at INTEGER,
+            checkpoint_seq   INTEGER NOT NULL DEFAULT 0,  -- last checkpoint applied in this claim
+            created_at       INTEGER NOT NULL,
+            updated_at       INTEGER NOT NULL,
+            UNIQUE (workflow, reference_id)
+        );
+        CREATE INDEX runs_ready ON runs (queue, ready_at) WHERE state = 'queued';
+        CREATE INDEX runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL;
+        CREATE INDEX runs_claim ON runs (claim_expires_at) WHERE state = 'running';
+        CREATE INDEX runs_worker ON runs (worker_id) WHERE worker_id IS NOT NULL;
+        CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+
+        CREATE TABLE task_calls (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- call order within a run
+            run_id     TEXT NOT NULL REFERENCES runs(id),
+            address    TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            state      TEXT NOT NULL,
+            attempts   INTEGER NOT NULL,
+            output     TEXT,
+            error      TEXT,
+            retry_at   INTEGER,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        );
+        CREATE INDEX task_calls_run ON task_calls (run_id, id);
+
+        CREATE TABLE run_history (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id  TEXT NOT NULL REFERENCES runs(id),
+            at      INTEGER NOT NULL,
+            state   TEXT NOT NULL,
+            detail  TEXT
+        );
+        CREATE INDEX run_history_run ON run_history (run_id, id);
+        """,
+    ),
+]
