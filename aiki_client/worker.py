@@ -148,8 +148,13 @@ class WorkerHandle:
 
     def _begin(self, claim: dict[str, Any]) -> None:
         run_id = claim["id"]
-        task = asyncio.create_task(self._execute(claim), name=f"aiki-run-{run_id}")
-        self._active[run_id] = _Active(claim["revision"], task)
+        stale = self._active.get(run_id)
+        if stale is not None:
+            # This worker's own older claim on the run was released (it looked dead) and the run
+            # came back to it: the old execution is fenced out, the new claim takes over.
+            stale.task.cancel()
+        entry = _Active(claim["revision"], asyncio.create_task(self._execute(claim), name=f"aiki-run-{run_id}"))
+        self._active[run_id] = entry
 
     async def _execute(self, claim: dict[str, Any]) -> None:
         run_id, revision = claim["id"], claim["revision"]
@@ -188,7 +193,9 @@ class WorkerHandle:
         except Exception:
             log.exception("run %s: unexpected worker error", run_id)
         finally:
-            del self._active[run_id]
+            entry = self._active.get(run_id)
+            if entry is not None and entry.revision == revision:
+                del self._active[run_id]
             self._slot_freed.set()
 
     async def _heartbeat_loop(self) -> None:

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..procs import ServerProcess, WorkerProcess
+
+
+def effects_of(effects_dir: Path, run_id: str) -> list[dict[str, object]]:
+    """Every real execution of a task body in this run, in order (see worker_app.effect)."""
+    path = effects_dir / f"{run_id}.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def shared_server(shared_dir: Path) -> Iterator[ServerProcess]:
+    """One server process for a module of tests that do not kill anything."""
+    srv = ServerProcess(
+        f"sqlite:///{shared_dir / 'aiki.db'}",
+        log_path=shared_dir / "server.log",
+        AIKI_SWEEP_INTERVAL_MS="200",
+    ).start()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture(scope="module")
+def shared_effects(shared_dir: Path) -> Path:
+    d = shared_dir / "effects"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="module")
+def shared_worker(shared_server: ServerProcess, shared_dir: Path, shared_effects: Path) -> Iterator[WorkerProcess]:
+    """One worker process serving every test workflow except versioned@2."""
+    only = ",".join(
+        [
+            "echo@1",
+            "steps@1",
+            "fan@1",
+            "twice@1",
+            "retrying@1",
+            "retrying@slow",
+            "failing@uncaught",
+            "failing@caught",
+            "failing@whole-run-retry",
+            "versioned@1",
+        ]
+    )
+    w = WorkerProcess(
+        shared_server.url, log_path=shared_dir / "worker.log", effects_dir=shared_effects, only=only
+    ).start()
+    yield w
+    assert w.stop() == 0, w.log()
