@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml packaging/aiki-client/pyproject.toml
 demo: install  ## start aiki-server on SQLite, run the onboarding workflow with a worker, print the result
 	$(BIN)/python examples/demo.py
 
-test: install lint  ## the whole suite: unit, integration, end-to-end with real processes
+test: install lint typecheck  ## the whole suite: unit, integration, end-to-end with real processes
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install

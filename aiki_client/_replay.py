@@ -21,7 +21,7 @@ import asyncio
 import collections
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -325,7 +325,7 @@ class RunExecution:
 
     # -- the whole run -------------------------------------------------------------------------
 
-    async def execute(self, fn: Callable[..., Awaitable[Any]], workflow_input: Any) -> dict[str, Any]:
+    async def execute(self, fn: Callable[..., Coroutine[Any, Any, Any]], workflow_input: Any) -> dict[str, Any]:
         """Run the workflow function to its end or first unsatisfiable wait; write the outcome.
 
         Returns the run's next state as sent to the server. Raises Fenced (or the transport's

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ._replay import WorkflowRun
     from .client import Client, RunHandle
 
-WorkflowFn = Callable[["WorkflowRun", Any], Awaitable[Any]]
+WorkflowFn = Callable[["WorkflowRun", Any], Coroutine[Any, Any, Any]]
 
 
 class WorkflowVersion:

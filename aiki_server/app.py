@@ -167,6 +167,8 @@ class Server:
         await self._server.before_start()
         await self._server.after_start()
         log.info("aiki server listening on %s (database %s)", self.url, _redact(self.config.database_url))
+        if self.config.redis_url:
+            log.warning("a Redis URL is set, but this version does not use Redis yet: workers claim over HTTP")
 
     async def stop(self) -> None:
         if self._server is None:

@@ -29,7 +29,7 @@ async def claim(request: Request) -> HTTPResponse:
     body = p.body_object(request)
     worker_id = p.required_text(body, "worker_id")
     shard_keys = [p.required_text({"shard_key": s}, "shard_key") for s in p.array(body, "shard_keys", required=False)]
-    queues = []
+    queues: list[str] = []
     for i, wf in enumerate(p.array(body, "workflows", max_items=1000)):
         wf = p.obj(wf, f"workflows[{i}]")
         name, version = p.required_text(wf, "name"), p.required_text(wf, "version")
