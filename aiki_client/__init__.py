@@ -4,8 +4,8 @@ from aiki_client import connect, task, workflow, worker, retry
 """
 
 from . import retry
-from ._replay import TaskContext, WorkflowRun
-from .client import Client, RunHandle, RunStatus, connect
+from ._replay import ChildRunHandle, EventResult, TaskContext, WorkflowRun
+from .client import Client, MulticastResult, RunHandle, RunStatus, connect
 from .errors import (
     AikiError,
     Conflict,
@@ -28,9 +28,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AikiError",
+    "ChildRunHandle",
     "Client",
     "Conflict",
+    "EventResult",
     "InvalidRequest",
+    "MulticastResult",
     "NonDeterminismError",
     "NotFound",
     "RetryPolicy",

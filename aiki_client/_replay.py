@@ -21,16 +21,19 @@ import asyncio
 import collections
 import inspect
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import NonDeterminismError, TaskFailed
-from .wire import RunState, TaskState, canonical_json, task_address
+from .errors import NonDeterminismError, RunCancelled, RunFailed, TaskFailed
+from .wire import TERMINAL_STATES, RunState, TaskState, WaitKind, WaitState, canonical_json, task_address
 
 if TYPE_CHECKING:
     from .retry import RetryPolicy
     from .task import Task
+    from .workflow import WorkflowVersion
 
 # Retry delays up to this long are waited out in the worker; longer ones suspend the run durably so
 # a long backoff never holds a worker slot.
@@ -81,7 +84,8 @@ class TaskRecord:
 
 
 # checkpoint(task_outcomes, then) -> None. `then` is None (the run goes on) or the run's next state.
-Checkpoint = Callable[[list[dict[str, Any]], dict[str, Any] | None], Awaitable[None]]
+# Keyword arguments `waits` and `children` carry new sleeps/event waits and child runs, when any.
+Checkpoint = Callable[..., Awaitable[None]]
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -104,11 +108,46 @@ class TaskContext:
 
 
 @dataclass(slots=True)
+class EventResult:
+    """The outcome of `run.wait_for_event`: `received` is False when the timeout came first."""
+
+    received: bool
+    data: Any = None
+
+
+@dataclass(slots=True)
+class WaitRecord:
+    """A recorded sleep or event wait, as the server returns it in a run's history."""
+
+    kind: WaitKind
+    name: str
+    seq: int
+    state: WaitState
+    deadline_ms: int | None = None
+    data: Any = None
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> WaitRecord:
+        return cls(
+            kind=WaitKind(d["kind"]),
+            name=d["name"],
+            seq=d["seq"],
+            state=WaitState(d["state"]),
+            deadline_ms=d.get("deadline_ms"),
+            data=d.get("data"),
+        )
+
+
+@dataclass(slots=True)
 class _Call:
-    task: Task[Any, Any]
+    """A task call or a child start: both are matched by content address."""
+
+    name: str
     input: Any
     address: str
     future: asyncio.Future[Any]
+    task: Task[Any, Any] | None = None
+    child: WorkflowVersion | None = None
 
 
 @dataclass(slots=True)
@@ -160,6 +199,9 @@ class RunExecution:
         tasks: Sequence[TaskRecord],
         checkpoint: Checkpoint,
         retry: RetryPolicy | None = None,
+        waits: Sequence[WaitRecord] = (),
+        events: Sequence[dict[str, Any]] = (),
+        children: Sequence[dict[str, Any]] = (),
     ) -> None:
         self.run = WorkflowRun(self, run_id=run_id, workflow=workflow, version=version, attempt=attempt)
         self._checkpoint = checkpoint
@@ -170,6 +212,15 @@ class RunExecution:
         self._suspensions: list[Suspend] = []
         self._nondeterminism: NonDeterminismError | None = None
         self._buffer: list[dict[str, Any]] = []
+        self._new_waits: list[dict[str, Any]] = []
+        self._new_children: list[dict[str, Any]] = []
+        self._waits = {(w.kind, w.name, w.seq): w for w in waits}
+        self._wait_calls: collections.Counter[tuple[WaitKind, str]] = collections.Counter()
+        self._unreceived: dict[str, collections.deque[dict[str, Any]]] = {}
+        for event in events:
+            self._unreceived.setdefault(event["name"], collections.deque()).append(event)
+        self._children = {c["id"]: c for c in children}
+        self._waiting_on: set[str] = set()
         self._write_lock = asyncio.Lock()
         self._linger: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -183,12 +234,22 @@ class RunExecution:
             address = task_address(task.name, task_input)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"input of task {task.name!r} is not a JSON value: {exc}") from None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return self._issue(_Call(task.name, task_input, address, asyncio.get_running_loop().create_future(), task=task))
+
+    def call_child(self, version: WorkflowVersion, child_input: Any) -> asyncio.Future[Any]:
+        name = f"child:{version.name}@{version.version}"
+        try:
+            address = task_address(name, child_input)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"input of child workflow {version.name!r} is not a JSON value: {exc}") from None
+        return self._issue(_Call(name, child_input, address, asyncio.get_running_loop().create_future(), child=version))
+
+    def _issue(self, call: _Call) -> asyncio.Future[Any]:
         if not self._group:
             # Resolve on the next loop step, when every sibling of an asyncio.gather has issued its call.
             asyncio.get_running_loop().call_soon(self._resolve_group)
-        self._group.append(_Call(task, task_input, address, future))
-        return future
+        self._group.append(call)
+        return call.future
 
     def _resolve_group(self) -> None:
         group, self._group = self._group, []
@@ -202,19 +263,23 @@ class RunExecution:
                 self._replay(call, rec, task_id)
         for call in fresh:
             task_id = self._matcher.next_task_id(call.address)
-            if self._matcher.unconsumed_by_name[call.task.name] > 0:
+            if self._matcher.unconsumed_by_name[call.name] > 0:
                 err = NonDeterminismError(
-                    f"task {call.task.name!r} was called with input {_preview(call.input)} that no "
-                    f"recorded call of it has, while {self._matcher.unconsumed_by_name[call.task.name]} "
+                    f"{call.name!r} was called with input {_preview(call.input)} that no "
+                    f"recorded call of it has, while {self._matcher.unconsumed_by_name[call.name]} "
                     "recorded call(s) of it remain unconsumed: the workflow's code or input changed"
                 )
                 self._nondeterminism = self._nondeterminism or err
                 _fail(call.future, err)
+            elif call.child is not None:
+                self._start_child(call)
             else:
                 self._start_execution(call, task_id, attempt=1, record_id=None)
 
     def _replay(self, call: _Call, rec: TaskRecord, task_id: str) -> None:
-        if rec.state is TaskState.COMPLETED:
+        if call.child is not None:
+            call.future.set_result(ChildRunHandle(self, rec.output["child_id"]))
+        elif rec.state is TaskState.COMPLETED:
             call.future.set_result(rec.output)
         elif rec.state is TaskState.FAILED:
             _fail(call.future, TaskFailed(rec.name, rec.error or {}, rec.attempts))
@@ -228,9 +293,84 @@ class RunExecution:
                 )
 
     def _suspend(self, future: asyncio.Future[Any], state: RunState, wake_at_ms: int | None) -> None:
+        _fail(future, self.suspension(state, wake_at_ms))
+
+    def suspension(self, state: RunState, wake_at_ms: int | None) -> Suspend:
+        """Note that the run cannot go on before `wake_at_ms` (or an outside event); returns the
+        signal to raise into the workflow code."""
         signal = Suspend(state, wake_at_ms)
         self._suspensions.append(signal)
-        _fail(future, signal)
+        return signal
+
+    # -- children -------------------------------------------------------------------------------
+
+    def _start_child(self, call: _Call) -> None:
+        assert call.child is not None
+        child_id = str(uuid.uuid4())
+        # The child run is created by the same checkpoint that records this call: both or neither.
+        self._new_children.append(
+            {"id": child_id, "workflow": call.child.name, "version": call.child.version, "input": call.input}
+        )
+        self._buffer.append(
+            {
+                "address": call.address,
+                "name": call.name,
+                "state": TaskState.COMPLETED.value,
+                "attempts": 1,
+                "output": {"child_id": child_id},
+            }
+        )
+        self._children[child_id] = {"id": child_id, "state": RunState.QUEUED.value}
+        call.future.set_result(ChildRunHandle(self, child_id))
+        self._schedule_flush()
+
+    def child_outcome(self, child_id: str) -> dict[str, Any] | None:
+        """The child's status if it has finished, else None (and the run will wait for it)."""
+        status = self._children.get(child_id)
+        if status is not None and status["state"] in TERMINAL_STATES:
+            return status
+        self._waiting_on.add(child_id)
+        return None
+
+    # -- sleeps and events ---------------------------------------------------------------------
+
+    def _recorded_wait(self, kind: WaitKind, name: str) -> tuple[int, WaitRecord | None]:
+        seq = self._wait_calls[(kind, name)]
+        self._wait_calls[(kind, name)] += 1
+        return seq, self._waits.get((kind, name, seq))
+
+    def _record_wait(self, kind: WaitKind, name: str, seq: int, state: WaitState, **extra: Any) -> None:
+        self._new_waits.append({"kind": kind.value, "name": name, "seq": seq, "state": state.value, **extra})
+
+    async def sleep(self, name: str, duration_ms: int) -> None:
+        seq, rec = self._recorded_wait(WaitKind.SLEEP, name)
+        if rec is None:
+            deadline = now_ms() + duration_ms
+            if duration_ms <= 0:
+                self._record_wait(WaitKind.SLEEP, name, seq, WaitState.DONE, deadline_ms=deadline)
+                return
+            self._record_wait(WaitKind.SLEEP, name, seq, WaitState.PENDING, deadline_ms=deadline)
+            raise self.suspension(RunState.SLEEPING, deadline)
+        if rec.state is WaitState.PENDING:
+            raise self.suspension(RunState.SLEEPING, rec.deadline_ms)
+
+    async def wait_for_event(self, name: str, timeout_ms: int | None) -> EventResult:
+        seq, rec = self._recorded_wait(WaitKind.EVENT, name)
+        if rec is not None:
+            if rec.state is WaitState.RECEIVED:
+                return EventResult(True, rec.data)
+            if rec.state is WaitState.TIMED_OUT:
+                return EventResult(False, None)
+            raise self.suspension(RunState.AWAITING_EVENT, rec.deadline_ms)
+        waiting = self._unreceived.get(name)
+        if waiting:
+            # Sent before this wait: kept, and the first matching wait receives it.
+            event = waiting.popleft()
+            self._record_wait(WaitKind.EVENT, name, seq, WaitState.RECEIVED, event_id=event["id"])
+            return EventResult(True, event["data"])
+        deadline = None if timeout_ms is None else now_ms() + max(timeout_ms, 0)
+        self._record_wait(WaitKind.EVENT, name, seq, WaitState.PENDING, deadline_ms=deadline)
+        raise self.suspension(RunState.AWAITING_EVENT, deadline)
 
     # -- running tasks for real ---------------------------------------------------------------
 
@@ -243,6 +383,7 @@ class RunExecution:
 
     async def _execute(self, call: _Call, task_id: str, attempt: int, record_id: int | None, delay_ms: int) -> None:
         task = call.task
+        assert task is not None
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         # Earlier outcomes become durable before this task's side effects happen.
@@ -286,7 +427,7 @@ class RunExecution:
     ) -> None:
         entry: dict[str, Any] = {
             "address": call.address,
-            "name": call.task.name,
+            "name": call.name,
             "state": state.value,
             "attempts": attempts,
         }
@@ -299,6 +440,9 @@ class RunExecution:
         if retry_at_ms is not None:
             entry["retry_at_ms"] = retry_at_ms
         self._buffer.append(entry)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         # Other tasks still running may take long: don't let this outcome wait for them.
         if len(self._executions) > 1:
             self._flush_in_background()
@@ -307,7 +451,7 @@ class RunExecution:
 
     def _flush_in_background(self) -> None:
         self._linger = None
-        if self._buffer:
+        if self._buffer or self._new_waits or self._new_children:
             flush = asyncio.create_task(self._guarded(self.flush()))
             self._background.add(flush)
             flush.add_done_callback(self._background.discard)
@@ -319,9 +463,14 @@ class RunExecution:
                 self._linger.cancel()
                 self._linger = None
             entries, self._buffer = self._buffer, []
-            if entries or then is not None:
+            extra: dict[str, Any] = {}
+            if self._new_waits:
+                extra["waits"], self._new_waits = self._new_waits, []
+            if self._new_children:
+                extra["children"], self._new_children = self._new_children, []
+            if entries or extra or then is not None:
                 # Shielded: once sent, a cancelled worker must not leave the outcome half-reported.
-                await asyncio.shield(self._checkpoint(entries, then))
+                await asyncio.shield(self._checkpoint(entries, then, **extra))
 
     # -- the whole run -------------------------------------------------------------------------
 
@@ -392,7 +541,13 @@ class RunExecution:
             # The earliest deadline decides when the run is looked at again.
             timed = [s for s in self._suspensions if s.wake_at_ms is not None]
             first = min(timed, key=lambda s: s.wake_at_ms or 0) if timed else self._suspensions[0]
-            return {"state": first.state.value, "wake_at_ms": first.wake_at_ms}
+            suspended: dict[str, Any] = {
+                "state": first.state.value,
+                "wake_at_ms": min([t for s in timed if (t := s.wake_at_ms) is not None], default=None),
+            }
+            if self._waiting_on:
+                suspended["waiting_on"] = sorted(self._waiting_on)
+            return suspended
         then: dict[str, Any] = {"state": RunState.COMPLETED.value, "output": output}
         if unconsumed:
             then["unconsumed"] = unconsumed
@@ -415,8 +570,60 @@ class WorkflowRun:
         self.version = version
         self.attempt = attempt
 
+    async def sleep(
+        self,
+        name: str,
+        *,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        milliseconds: float = 0,
+    ) -> None:
+        """Sleep durably: the run is suspended and no worker is held until the time comes.
+        Sleeps are matched by name and call order; a finished sleep returns at once on replay."""
+        delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=milliseconds)
+        await self._execution.sleep(_wait_name(name), int(delta.total_seconds() * 1000))
+
+    async def wait_for_event(self, name: str, timeout: timedelta | float | None = None) -> EventResult:
+        """Wait durably for the run's next event called `name` (timeout: timedelta or seconds).
+        An event sent before the wait is kept for it; `received` is False if the timeout came first."""
+        timeout_ms = None
+        if timeout is not None:
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+            timeout_ms = int(seconds * 1000)
+        return await self._execution.wait_for_event(_wait_name(name), timeout_ms)
+
     def __repr__(self) -> str:
         return f"<WorkflowRun {self.workflow}@{self.version} {self.id} attempt={self.attempt}>"
+
+
+class ChildRunHandle:
+    """A child run started with `version.start_as_child(run, input)`."""
+
+    def __init__(self, execution: RunExecution, child_id: str) -> None:
+        self._execution = execution
+        self.id = child_id
+
+    async def wait_for_completion(self) -> Any:
+        """Wait durably for the child to end: its output, or RunFailed / RunCancelled."""
+        status = self._execution.child_outcome(self.id)
+        if status is None:
+            raise self._execution.suspension(RunState.AWAITING_CHILD, None)
+        if status["state"] == RunState.COMPLETED:
+            return status.get("output")
+        if status["state"] == RunState.FAILED:
+            raise RunFailed(self.id, status.get("error"))
+        raise RunCancelled(self.id, (status.get("error") or {}).get("message"))
+
+    def __repr__(self) -> str:
+        return f"<ChildRunHandle {self.id}>"
+
+
+def _wait_name(name: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ValueError(f"a wait's name must be a non-empty string of at most 200 characters, got {name!r}")
+    return name
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

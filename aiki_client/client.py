@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -47,6 +48,14 @@ class RunStatus:
             created_at=_from_ms(d["created_at_ms"]),
             updated_at=_from_ms(d["updated_at_ms"]),
         )
+
+
+def _json_value(value: Any, what: str) -> Any:
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"{what} is not a JSON value: {exc}") from None
+    return value
 
 
 def _from_ms(ms: int) -> datetime:
@@ -94,8 +103,37 @@ class RunHandle:
             await self._client._transport.request("POST", f"{API_PREFIX}/runs/{self.id}/cancel", body)
         )
 
+    async def send_event(self, name: str, data: Any = None, reference_id: str | None = None) -> None:
+        """Send an event to the run. With `reference_id`, sending again is a no-op.
+        Raises Conflict if the run has finished."""
+        await self._client.send_event(self.id, name, data, reference_id=reference_id)
+
+    async def wakeup(self) -> RunStatus:
+        """End the run's current sleep now."""
+        return await self._post("wakeup")
+
+    async def pause(self) -> RunStatus:
+        """Pause the run: it is not executed until `resume()` (a worker holding it lets go)."""
+        return await self._post("pause")
+
+    async def resume(self) -> RunStatus:
+        return await self._post("resume")
+
+    async def _post(self, action: str) -> RunStatus:
+        return RunStatus.from_wire(
+            await self._client._transport.request("POST", f"{API_PREFIX}/runs/{self.id}/{action}", {})
+        )
+
     def __repr__(self) -> str:
         return f"<RunHandle {self.id}>"
+
+
+@dataclass(frozen=True, slots=True)
+class MulticastResult:
+    """Which runs an event reached (`sent`: run ids) and which not (`failed`: target → error)."""
+
+    sent: list[str]
+    failed: dict[str, dict[str, str]]
 
 
 class Client:
@@ -118,10 +156,7 @@ class Client:
         shard_key: str | None = None,
     ) -> RunHandle:
         """Start a run of `workflow` at `version` (usually via `WorkflowVersion.start`)."""
-        try:
-            canonical_json(workflow_input)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"workflow input is not a JSON value: {exc}") from None
+        _json_value(workflow_input, "workflow input")
         if delay is not None and start_at is not None:
             raise InvalidRequest("give either delay= or start_at=, not both")
         # The run id is chosen here so that a retried request can never start a second run.
@@ -149,6 +184,37 @@ class Client:
         handle = RunHandle(self, run_id)
         await handle.get_status()
         return handle
+
+    async def send_event(self, run_id: str, name: str, data: Any = None, *, reference_id: str | None = None) -> None:
+        """Send an event to a run (see `RunHandle.send_event`)."""
+        body: dict[str, Any] = {"name": name, "data": _json_value(data, "event data")}
+        if reference_id is not None:
+            body["reference_id"] = reference_id
+        await self._transport.request("POST", f"{API_PREFIX}/runs/{run_id}/events", body)
+
+    async def send_event_to_many(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        run_ids: Sequence[str] = (),
+        workflow: str | None = None,
+        reference_ids: Sequence[str] = (),
+        reference_id: str | None = None,
+    ) -> MulticastResult:
+        """Send one event to many runs, named by id and/or by reference id (of `workflow`)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "data": _json_value(data, "event data"),
+            "run_ids": list(run_ids),
+            "reference_ids": list(reference_ids),
+        }
+        if workflow is not None:
+            body["workflow"] = workflow
+        if reference_id is not None:
+            body["reference_id"] = reference_id
+        answer = await self._transport.request("POST", f"{API_PREFIX}/events/multicast", body)
+        return MulticastResult(sent=answer["sent"], failed=answer["failed"])
 
     async def close(self) -> None:
         await self._transport.close()

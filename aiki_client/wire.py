@@ -42,6 +42,18 @@ class TaskState(enum.StrEnum):
     SUPERSEDED = "superseded"  # a failed call cleared by a whole-run retry; never replayed
 
 
+class WaitKind(enum.StrEnum):
+    SLEEP = "sleep"
+    EVENT = "event"
+
+
+class WaitState(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"  # a sleep whose time came (or that was woken up early)
+    RECEIVED = "received"  # an event wait that got its event
+    TIMED_OUT = "timed_out"  # an event wait whose timeout passed first
+
+
 class ErrorCode(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"

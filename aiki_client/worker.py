@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._replay import Fenced, RunExecution, TaskRecord
+from ._replay import Fenced, RunExecution, TaskRecord, WaitRecord
 from .errors import AikiError, Conflict
 from .subscribers.polling import PollingOptions, PollingSubscriber
 from .wire import API_PREFIX, ErrorCode
@@ -161,10 +161,11 @@ class WorkerHandle:
         version = self._registry[(claim["workflow"], claim["version"])]
         seq = 0
 
-        async def checkpoint(tasks: list[dict[str, Any]], then: dict[str, Any] | None) -> None:
+        async def checkpoint(tasks: list[dict[str, Any]], then: dict[str, Any] | None, **extra: Any) -> None:
             nonlocal seq
             seq += 1
             body = {"worker_id": self.instance_id, "revision": revision, "seq": seq, "tasks": tasks, "then": then}
+            body.update(extra)
             try:
                 await self._transport.request("POST", f"{API_PREFIX}/runs/{run_id}/checkpoint", body)
             except Conflict as exc:
@@ -180,6 +181,9 @@ class WorkerHandle:
             tasks=[TaskRecord.from_wire(t) for t in claim["tasks"]],
             checkpoint=checkpoint,
             retry=version.retry,
+            waits=[WaitRecord.from_wire(w) for w in claim.get("waits", ())],
+            events=claim.get("events", ()),
+            children=claim.get("children", ()),
         )
         try:
             await execution.execute(version.fn, claim["input"])

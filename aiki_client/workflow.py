@@ -11,7 +11,7 @@ from .retry import RetryPolicy
 from .task import _validate_name
 
 if TYPE_CHECKING:
-    from ._replay import WorkflowRun
+    from ._replay import ChildRunHandle, WorkflowRun
     from .client import Client, RunHandle
 
 WorkflowFn = Callable[["WorkflowRun", Any], Coroutine[Any, Any, Any]]
@@ -51,6 +51,12 @@ class WorkflowVersion:
             start_at=start_at,
             shard_key=shard_key,
         )
+
+    async def start_as_child(self, run: WorkflowRun, child_input: Any = None) -> ChildRunHandle:
+        """Start a run of this version as a child of `run` (durably: a replay returns the same
+        child). Await `handle.wait_for_completion()` for its output, or let it run on its own."""
+        handle: ChildRunHandle = await run._execution.call_child(self, child_input)
+        return handle
 
     def __repr__(self) -> str:
         return f"<WorkflowVersion {self.name!r} v{self.version}>"

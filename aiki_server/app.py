@@ -57,7 +57,7 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
     app.config.TOUCHUP = False
     app.config.NOISY_EXCEPTIONS = False
     app.ctx.config = config
-    for bp in (runs.bp, workers.bp, health.bp, openapi.bp):
+    for bp in (runs.bp, runs.events_bp, workers.bp, health.bp, openapi.bp):
         app.blueprint(bp)
 
     if config.api_key:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -103,6 +104,11 @@ def json_text(value: Any) -> str:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError as exc:
         raise errors.invalid(f"not a storable JSON value: {exc}") from None
+
+
+def input_hash(input_json: str) -> str:
+    """What makes two starts "the same input": the hash of the canonical JSON text."""
+    return hashlib.sha256(input_json.encode()).hexdigest()
 
 
 def query_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from sanic import Blueprint
 from sanic.request import Request
 from sanic.response import HTTPResponse
@@ -43,7 +41,7 @@ async def start_run(request: Request) -> HTTPResponse:
             workflow=p.required_text(body, "workflow"),
             version=p.required_text(body, "version"),
             input_json=input_json,
-            input_hash=hashlib.sha256(input_json.encode()).hexdigest(),
+            input_hash=p.input_hash(input_json),
             reference_id=reference_id,
             shard_key=p.text(body, "shard_key", required=False),
             delay_ms=delay_ms,
@@ -76,3 +74,61 @@ async def cancel_run(request: Request, run_id: str) -> HTTPResponse:
     body = p.body_object(request)
     reason = p.text(body, "reason", required=False, max_len=2000)
     return json_response(run_body(await _service(request).cancel(run_id, reason)))
+
+
+@bp.get("/<run_id:str>/waits")
+async def get_run_waits(request: Request, run_id: str) -> HTTPResponse:
+    waits = await _service(request).waits(run_id)
+    return json_response({"waits": [{**w, "data": stored(w["data"])} for w in waits]})
+
+
+@bp.post("/<run_id:str>/events")
+async def send_event(request: Request, run_id: str) -> HTTPResponse:
+    body = p.body_object(request)
+    event_id, duplicate = await _service(request).send_event(
+        run_id,
+        p.required_text(body, "name"),
+        p.json_text(body.get("data")),
+        p.text(body, "reference_id", required=False, max_len=256),
+    )
+    return json_response({"event_id": event_id, "duplicate": duplicate}, status=200 if duplicate else 201)
+
+
+@bp.post("/<run_id:str>/wakeup")
+async def wakeup(request: Request, run_id: str) -> HTTPResponse:
+    return json_response(run_body(await _service(request).wakeup(run_id)))
+
+
+@bp.post("/<run_id:str>/pause")
+async def pause(request: Request, run_id: str) -> HTTPResponse:
+    return json_response(run_body(await _service(request).pause(run_id)))
+
+
+@bp.post("/<run_id:str>/resume")
+async def resume(request: Request, run_id: str) -> HTTPResponse:
+    return json_response(run_body(await _service(request).resume(run_id)))
+
+
+events_bp = Blueprint("events", url_prefix="/v1/events")
+
+
+@events_bp.post("/multicast")
+async def multicast(request: Request) -> HTTPResponse:
+    body = p.body_object(request)
+    run_ids = [p.required_text({"run_id": r}, "run_id") for r in p.array(body, "run_ids", required=False)]
+    reference_ids = [
+        p.required_text({"reference_id": r}, "reference_id", max_len=256)
+        for r in p.array(body, "reference_ids", required=False)
+    ]
+    workflow = p.text(body, "workflow", required=reference_ids != [])
+    if not run_ids and not reference_ids:
+        raise errors.invalid("give 'run_ids' and/or 'reference_ids' (with 'workflow')")
+    sent, failed = await _service(request).send_event_to_many(
+        run_ids,
+        workflow,
+        reference_ids,
+        p.required_text(body, "name"),
+        p.json_text(body.get("data")),
+        p.text(body, "reference_id", required=False, max_len=256),
+    )
+    return json_response({"sent": sent, "failed": failed})

@@ -6,12 +6,13 @@ from sanic import Blueprint
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from aiki_client.wire import MAX_WAIT_MS, RunState, TaskState
+from aiki_client.wire import MAX_WAIT_MS, RunState, TaskState, WaitKind, WaitState
 
 from .. import errors
 from ..services.workers import WorkerService
-from ..store import NextState, TaskOutcome, queue_key
+from ..store import NewChild, NewWait, NextState, TaskOutcome, queue_key
 from . import _parse as p
+from ._parse import input_hash
 from ._respond import json_response, stored, task_body
 
 bp = Blueprint("workers", url_prefix="/v1")
@@ -53,6 +54,11 @@ async def claim(request: Request) -> HTTPResponse:
                     "attempts": c.run.attempts,
                     "input": stored(c.run.input_json),
                     "tasks": [task_body(t) for t in c.tasks],
+                    "waits": [{**w, "data": stored(w["data"])} for w in c.waits],
+                    "events": [{**e, "data": stored(e["data"])} for e in c.events],
+                    "children": [
+                        {**ch, "output": stored(ch["output"]), "error": stored(ch["error"])} for ch in c.children
+                    ],
                 }
                 for c in claimed
             ]
@@ -82,6 +88,44 @@ def _task_outcome(raw: object, index: int) -> TaskOutcome:
     )
 
 
+def _wait(raw: object, index: int) -> NewWait:
+    w = p.obj(raw, f"waits[{index}]")
+    try:
+        kind = WaitKind(p.required_text(w, "kind"))
+        state = WaitState(p.required_text(w, "state"))
+    except ValueError:
+        raise errors.invalid(f"waits[{index}]: kind must be sleep or event, state a wait state") from None
+    allowed = {
+        WaitKind.SLEEP: {WaitState.PENDING, WaitState.DONE},
+        WaitKind.EVENT: {WaitState.PENDING, WaitState.RECEIVED},
+    }
+    if state not in allowed[kind]:
+        raise errors.invalid(f"waits[{index}]: a new {kind} wait cannot be {state}")
+    event_id = p.integer(w, "event_id", minimum=1)
+    if (state is WaitState.RECEIVED) != (event_id is not None):
+        raise errors.invalid(f"waits[{index}]: event_id is given exactly for received event waits")
+    return NewWait(
+        kind=kind.value,
+        name=p.required_text(w, "name"),
+        seq=p.required_int(w, "seq", maximum=1_000_000),
+        state=state.value,
+        deadline_ms=p.integer(w, "deadline_ms", maximum=2**53),
+        event_id=event_id,
+    )
+
+
+def _child(raw: object, index: int) -> NewChild:
+    ch = p.obj(raw, f"children[{index}]")
+    input_json = p.json_text(ch.get("input"))
+    return NewChild(
+        id=p.identifier(p.required_text(ch, "id"), f"children[{index}].id"),
+        workflow=p.required_text(ch, "workflow"),
+        version=p.required_text(ch, "version"),
+        input_json=input_json,
+        input_hash=input_hash(input_json),
+    )
+
+
 def _next_state(raw: object) -> NextState | None:
     if raw is None:
         return None
@@ -99,6 +143,7 @@ def _next_state(raw: object) -> NextState | None:
         error_json=p.json_text(p.obj(then["error"], "then.error")) if then.get("error") is not None else None,
         wake_at_ms=p.integer(then, "wake_at_ms", maximum=2**53),
         detail_json=detail,
+        waiting_on=tuple(p.required_text({"id": c}, "id") for c in p.array(then, "waiting_on", required=False)),
     )
 
 
@@ -113,6 +158,8 @@ async def checkpoint(request: Request, run_id: str) -> HTTPResponse:
         seq=p.required_int(body, "seq", minimum=1),
         tasks=tasks,
         then=_next_state(body.get("then")),
+        waits=[_wait(w, i) for i, w in enumerate(p.array(body, "waits", required=False))],
+        children=[_child(c, i) for i, c in enumerate(p.array(body, "children", required=False))],
     )
     return json_response({"result": result})
 

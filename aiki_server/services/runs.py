@@ -12,7 +12,7 @@ from aiki_client.wire import TERMINAL_STATES
 
 from .. import errors
 from ..notifier import Notifier
-from ..store import NewRun, Run, Store
+from ..store import Effects, NewRun, Run, Store
 from ..timers import Timers, now_ms
 
 # How often a long-poll re-reads the database, for writes made by another server process.
@@ -83,11 +83,71 @@ class RunService:
         tasks, history = await asyncio.gather(self._store.list_tasks(run_id), self._store.list_history(run_id))
         return run, tasks, history
 
+    async def waits(self, run_id: str) -> list[dict[str, Any]]:
+        await self.get(run_id)
+        return await self._store.list_waits(run_id)
+
     async def cancel(self, run_id: str, reason: str | None) -> Run:
-        cancelled = await self._store.cancel_run(run_id, reason, now_ms())
-        self._notifier.notify_all(finished_key(i) for i in cancelled)
+        announce(self._notifier, self._timers, await self._store.cancel_run(run_id, reason, now_ms()))
+        return await self.get(run_id)
+
+    async def send_event(self, run_id: str, name: str, data_json: str, reference_id: str | None) -> tuple[int, bool]:
+        event_id, duplicate, queued = await self._store.send_event(run_id, name, data_json, reference_id, now_ms())
+        self._notifier.notify_all(queued)
+        return event_id, duplicate
+
+    async def send_event_to_many(
+        self,
+        run_ids: list[str],
+        workflow: str | None,
+        reference_ids: list[str],
+        name: str,
+        data_json: str,
+        reference_id: str | None,
+    ) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """Multicast: the same event to each run (named by id, or by the workflow's reference ids).
+        Returns (run ids sent to, {target: error}) — one bad target does not stop the others."""
+        sent: list[str] = []
+        failed: dict[str, dict[str, str]] = {}
+        targets: list[tuple[str, str | None]] = [(run_id, run_id) for run_id in run_ids]
+        for ref in reference_ids:
+            run = await self._store.find_run_by_reference(workflow or "", ref)
+            targets.append((ref, run.id if run else None))
+        for target, run_id in targets:
+            if run_id is None:
+                failed[target] = {
+                    "code": "not_found",
+                    "message": f"no run of workflow {workflow!r} with reference_id {target!r}",
+                }
+                continue
+            try:
+                await self.send_event(run_id, name, data_json, reference_id)
+            except errors.ApiError as exc:
+                failed[target] = exc.body()["error"]
+            else:
+                sent.append(run_id)
+        return sent, failed
+
+    async def wakeup(self, run_id: str) -> Run:
+        self._notifier.notify_all(await self._store.wakeup(run_id, now_ms()))
+        return await self.get(run_id)
+
+    async def pause(self, run_id: str) -> Run:
+        await self._store.pause(run_id, now_ms())
+        return await self.get(run_id)
+
+    async def resume(self, run_id: str) -> Run:
+        self._notifier.notify_all(await self._store.resume(run_id, now_ms()))
         return await self.get(run_id)
 
 
 def finished_key(run_id: str) -> str:
     return f"run:{run_id}"
+
+
+def announce(notifier: Notifier, timers: Timers, effects: Effects) -> None:
+    """Wake whoever waits on what a write did: claimers of queued runs, waiters on finished runs,
+    and the timer daemon for a new deadline."""
+    notifier.notify_all(effects.queued)
+    notifier.notify_all(finished_key(run_id) for run_id in effects.finished)
+    timers.poke(effects.wake_at_ms)

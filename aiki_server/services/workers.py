@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 
-from aiki_client.wire import TERMINAL_STATES, RunState
+from aiki_client.wire import RunState
 
 from .. import errors
 from ..notifier import Notifier
 from ..state_machine import WORKER_OUTCOMES
-from ..store import Claimed, NextState, Store, TaskOutcome
+from ..store import Claimed, NewChild, NewWait, NextState, Store, TaskOutcome
 from ..timers import Timers, now_ms
-from .runs import RECHECK_S, finished_key
+from .runs import RECHECK_S, announce
 
 
 class WorkerService:
@@ -45,20 +45,19 @@ class WorkerService:
         seq: int,
         tasks: list[TaskOutcome],
         then: NextState | None,
+        waits: list[NewWait],
+        children: list[NewChild],
     ) -> str:
         if then is not None and then.state not in WORKER_OUTCOMES:
             raise errors.invalid(f"a worker cannot move a run to {then.state!r}")
         if then is not None and then.state in (RunState.SLEEPING, RunState.AWAITING_RETRY) and then.wake_at_ms is None:
             raise errors.invalid(f"moving a run to {then.state} needs wake_at_ms")
         now = now_ms()
-        result = await self._store.checkpoint(
-            run_id, worker_id, revision, seq, tasks, then, now, now + self._claim_idle_timeout_ms
+        effects = await self._store.checkpoint(
+            run_id, worker_id, revision, seq, tasks, then, now, now + self._claim_idle_timeout_ms, waits, children
         )
-        if then is not None:
-            if then.state in TERMINAL_STATES:
-                self._notifier.notify(finished_key(run_id))
-            self._timers.poke(then.wake_at_ms)
-        return result
+        announce(self._notifier, self._timers, effects)
+        return effects.result
 
     async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]]) -> list[str]:
         return await self._store.heartbeat(worker_id, runs, now_ms() + self._claim_idle_timeout_ms)

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from .base import CheckpointResult, Claimed, NewRun, NextState, Run, Store, TaskOutcome, queue_key
+from .base import (
+    CheckpointResult,
+    Claimed,
+    Effects,
+    NewChild,
+    NewRun,
+    NewWait,
+    NextState,
+    Run,
+    Store,
+    TaskOutcome,
+    queue_key,
+)
 
 
 def open_store(database_url: str) -> Store:
@@ -19,7 +31,10 @@ def open_store(database_url: str) -> Store:
 __all__ = [
     "CheckpointResult",
     "Claimed",
+    "Effects",
+    "NewChild",
     "NewRun",
+    "NewWait",
     "NextState",
     "Run",
     "Store",

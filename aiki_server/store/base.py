@@ -7,7 +7,8 @@ than after tables, so each step of a run costs one round trip to the database. I
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiki_client.wire import RunState
@@ -72,6 +73,27 @@ class TaskOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class NewWait:
+    """A sleep or event wait a worker records: `pending`, or already `done` / `received`."""
+
+    kind: str
+    name: str
+    seq: int
+    state: str
+    deadline_ms: int | None
+    event_id: int | None = None  # for `received`: the event the worker matched from its claim
+
+
+@dataclass(frozen=True, slots=True)
+class NewChild:
+    id: str
+    workflow: str
+    version: str
+    input_json: str
+    input_hash: str
+
+
+@dataclass(frozen=True, slots=True)
 class NextState:
     """The state a worker moves its run to with a checkpoint."""
 
@@ -80,17 +102,32 @@ class NextState:
     error_json: str | None = None
     wake_at_ms: int | None = None
     detail_json: str | None = None  # noted in the run's history (e.g. unconsumed calls)
+    waiting_on: tuple[str, ...] = ()  # child runs whose end the run awaits
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
     run: Run
     tasks: list[dict[str, Any]]  # recorded calls, wire-shaped (output/error still JSON text)
+    waits: list[dict[str, Any]] = field(default_factory=list)  # recorded sleeps and event waits
+    events: list[dict[str, Any]] = field(default_factory=list)  # events no wait has received yet
+    children: list[dict[str, Any]] = field(default_factory=list)  # child runs and how they stand
 
 
 class CheckpointResult:
     APPLIED = "applied"
     DUPLICATE = "duplicate"
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a write did that others may be waiting for: queues that got a ready run, and runs
+    that finished."""
+
+    queued: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    wake_at_ms: int | None = None
+    result: str = CheckpointResult.APPLIED
 
 
 class Store(Protocol):
@@ -104,6 +141,8 @@ class Store(Protocol):
         ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def find_run_by_reference(self, workflow: str, reference_id: str) -> Run | None: ...
 
     async def list_history(self, run_id: str) -> list[dict[str, Any]]: ...
 
@@ -123,10 +162,25 @@ class Store(Protocol):
         then: NextState | None,
         now_ms: int,
         claim_expires_at_ms: int,
-    ) -> str:
-        """Apply a worker's checkpoint atomically; CheckpointResult.APPLIED or DUPLICATE.
+        waits: Sequence[NewWait] = (),
+        children: Sequence[NewChild] = (),
+    ) -> Effects:
+        """Apply a worker's checkpoint atomically: task outcomes, new waits, new child runs, and
+        the run's next state. `Effects.result` says APPLIED or DUPLICATE (a repeated `seq`).
         Raises ApiError(fenced) if the worker no longer holds the run at that revision."""
         ...
+
+    async def send_event(
+        self, run_id: str, name: str, data_json: str, reference_id: str | None, now_ms: int
+    ) -> tuple[int, bool, list[str]]: ...
+
+    async def wakeup(self, run_id: str, now_ms: int) -> list[str]: ...
+
+    async def pause(self, run_id: str, now_ms: int) -> None: ...
+
+    async def resume(self, run_id: str, now_ms: int) -> list[str]: ...
+
+    async def list_waits(self, run_id: str) -> list[dict[str, Any]]: ...
 
     async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]], claim_expires_at_ms: int) -> list[str]:
         """Extend the claims; returns the ids of runs the worker no longer holds."""
@@ -146,7 +200,7 @@ class Store(Protocol):
 
     async def next_wake_at(self) -> int | None: ...
 
-    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> list[str]:
-        """Cancel the run and its descendants that are not finished; returns the ids cancelled.
-        Raises ApiError(not_found) for an unknown run."""
+    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> Effects:
+        """Cancel the run and its descendants that are not finished (`Effects.finished`), waking
+        a parent that may await it. Raises ApiError(not_found) for an unknown run."""
         ...

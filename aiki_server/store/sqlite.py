@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from aiki_client.wire import RunState, TaskState
+from aiki_client.wire import SUSPENDED_STATES, TERMINAL_STATES, RunState, TaskState, WaitKind, WaitState
 
 from .. import errors
 from ..state_machine import TIMED_STATES, sources
-from .base import CheckpointResult, Claimed, NewRun, NextState, Run, TaskOutcome, queue_key
+from .base import CheckpointResult, Claimed, Effects, NewChild, NewRun, NewWait, NextState, Run, TaskOutcome, queue_key
 from .sqlite_schema import MIGRATIONS
 
 T = TypeVar("T")
@@ -213,6 +213,9 @@ class SqliteStore:
     async def get_run(self, run_id: str) -> Run | None:
         return await self._call(lambda c: _one_run(c, "id = ?", (run_id,)))
 
+    async def find_run_by_reference(self, workflow: str, reference_id: str) -> Run | None:
+        return await self._call(lambda c: _one_run(c, "workflow = ? AND reference_id = ?", (workflow, reference_id)))
+
     async def list_history(self, run_id: str) -> list[dict[str, Any]]:
         rows = await self._call(
             lambda c: c.execute(
@@ -239,7 +242,7 @@ class SqliteStore:
         def claim(c: sqlite3.Connection) -> list[Claimed]:
             rows = c.execute(
                 "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = ?, claim_expires_at = ?,"
-                " checkpoint_seq = 0, ready_at = NULL, updated_at = ?"
+                " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = ?"
                 " WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue IN (" + marks + ")"
                 " ORDER BY ready_at LIMIT ?)"
                 f" RETURNING {_RUN_COLUMNS}",
@@ -248,16 +251,37 @@ class SqliteStore:
             if not rows:
                 return []
             runs = [_run(r) for r in rows]
-            _history(c, [r.id for r in runs], now_ms, RunState.RUNNING, worker_id)
+            _history(c, [r.id for r in runs], now_ms, RunState.RUNNING, orjson.dumps({"worker_id": worker_id}).decode())
             id_marks, ids = _in(r.id for r in runs)
-            tasks: dict[str, list[dict[str, Any]]] = {r.id: [] for r in runs}
+            # The claim is where waits are observed: what is due now is resolved, once and for all.
+            c.execute(
+                f"UPDATE waits SET state = CASE kind WHEN 'sleep' THEN 'done' ELSE 'timed_out' END, resolved_at = ?"
+                f" WHERE run_id IN ({id_marks}) AND state = 'pending' AND deadline <= ?",
+                (now_ms, *ids, now_ms),
+            )
+            history = {r.id: Claimed(r, []) for r in runs}
             for row in c.execute(
                 f"SELECT run_id, {_TASK_COLUMNS} FROM task_calls WHERE run_id IN ({id_marks})"
                 " AND state != 'superseded' ORDER BY id",
                 ids,
             ):
-                tasks[row[0]].append(_task(row[1:]))
-            return [Claimed(r, tasks[r.id]) for r in runs]
+                history[row[0]].tasks.append(_task(row[1:]))
+            for run_id, *wait in c.execute(
+                "SELECT w.run_id, w.kind, w.name, w.seq, w.state, w.deadline, e.data FROM waits w"
+                f" LEFT JOIN events e ON e.id = w.event_id WHERE w.run_id IN ({id_marks}) ORDER BY w.id",
+                ids,
+            ):
+                history[run_id].waits.append(_wait(wait))
+            for run_id, event_id, name, data in c.execute(
+                f"SELECT run_id, id, name, data FROM events WHERE run_id IN ({id_marks}) AND wait_id IS NULL ORDER BY id",
+                ids,
+            ):
+                history[run_id].events.append({"id": event_id, "name": name, "data": data})
+            for parent_id, child_id, state, output, error in c.execute(
+                f"SELECT parent_id, id, state, output, error FROM runs WHERE parent_id IN ({id_marks})", ids
+            ):
+                history[parent_id].children.append({"id": child_id, "state": state, "output": output, "error": error})
+            return list(history.values())
 
         return await self._call(claim)
 
@@ -271,16 +295,21 @@ class SqliteStore:
         then: NextState | None,
         now_ms: int,
         claim_expires_at_ms: int,
-    ) -> str:
-        def apply(c: sqlite3.Connection) -> str:
+        waits: Sequence[NewWait] = (),
+        children: Sequence[NewChild] = (),
+    ) -> Effects:
+        def apply(c: sqlite3.Connection) -> Effects:
+            effects = Effects()
             row = c.execute(
-                "SELECT state, revision, worker_id, checkpoint_seq FROM runs WHERE id = ?", (run_id,)
+                "SELECT state, revision, worker_id, checkpoint_seq, wake_requested, parent_id FROM runs WHERE id = ?",
+                (run_id,),
             ).fetchone()
             if row is None:
                 raise errors.not_found(f"no run with id {run_id!r}")
-            state, current_revision, holder, applied_seq = row
+            state, current_revision, holder, applied_seq, wake_requested, parent_id = row
             if current_revision == revision and seq <= applied_seq:
-                return CheckpointResult.DUPLICATE  # a retried request whose first try landed
+                effects.result = CheckpointResult.DUPLICATE  # a retried request whose first try landed
+                return effects
             if state != RunState.RUNNING or current_revision != revision or holder != worker_id:
                 raise errors.fenced(
                     f"run {run_id} is no longer held by {worker_id} at revision {revision} "
@@ -290,14 +319,25 @@ class SqliteStore:
                 raise errors.conflict(f"checkpoint {seq} of run {run_id} arrived before checkpoint {applied_seq + 1}")
             for t in tasks:
                 _record_task(c, run_id, t, now_ms)
+            for child in children:
+                _insert_child(c, run_id, child, now_ms)
+                effects.queued.append(queue_key(child.workflow, child.version))
+            received_now = any([_record_wait(c, run_id, w, now_ms) for w in waits])
             if then is None:
                 c.execute(
                     "UPDATE runs SET checkpoint_seq = ?, claim_expires_at = ?, updated_at = ? WHERE id = ?",
                     (seq, claim_expires_at_ms, now_ms, run_id),
                 )
-                return CheckpointResult.APPLIED
+                return effects
+            next_state, wake_at = then.state, then.wake_at_ms
+            if next_state in SUSPENDED_STATES and (
+                wake_requested or received_now or _any_finished(c, run_id, then.waiting_on)
+            ):
+                # What the run would wait for has already happened: it goes straight back to work.
+                next_state, wake_at = RunState.QUEUED, None
+                effects.queued.append(_queue_of(c, run_id))
             attempts_step = 0
-            if then.state is RunState.AWAITING_RETRY and then.error_json is not None:
+            if next_state is RunState.AWAITING_RETRY and then.error_json is not None:
                 # A whole-run retry: failed calls run afresh next time, completed ones stay recorded.
                 attempts_step = 1
                 c.execute(
@@ -306,22 +346,121 @@ class SqliteStore:
                 )
             c.execute(
                 "UPDATE runs SET state = ?, output = ?, error = ?, wake_at = ?, attempts = attempts + ?,"
-                " worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = ?, updated_at = ? WHERE id = ?",
+                " ready_at = ?, worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = ?, updated_at = ?"
+                " WHERE id = ?",
                 (
-                    then.state,
+                    next_state,
                     then.output_json,
                     then.error_json,
-                    then.wake_at_ms if then.state in TIMED_STATES else None,
+                    wake_at if next_state in TIMED_STATES else None,
                     attempts_step,
+                    now_ms if next_state is RunState.QUEUED else None,
                     seq,
                     now_ms,
                     run_id,
                 ),
             )
-            _history(c, [run_id], now_ms, then.state, then.detail_json or then.error_json)
-            return CheckpointResult.APPLIED
+            _history(c, [run_id], now_ms, next_state, then.detail_json or then.error_json)
+            if next_state in TERMINAL_STATES:
+                effects.finished.append(run_id)
+                if parent_id is not None:
+                    effects.queued.extend(_wake(c, [parent_id], now_ms))
+            effects.wake_at_ms = wake_at
+            return effects
 
         return await self._call(apply)
+
+    # -- what happens to a run from outside ------------------------------------------------------
+
+    async def send_event(
+        self, run_id: str, name: str, data_json: str, reference_id: str | None, now_ms: int
+    ) -> tuple[int, bool, list[str]]:
+        """Store an event for a run; returns (event id, duplicate, queues to notify). The earliest
+        pending wait for that name receives it, and a suspended run is queued."""
+
+        def send(c: sqlite3.Connection) -> tuple[int, bool, list[str]]:
+            state = _state_of(c, run_id)
+            if reference_id is not None:
+                row = c.execute(
+                    "SELECT id FROM events WHERE run_id = ? AND reference_id = ?", (run_id, reference_id)
+                ).fetchone()
+                if row is not None:
+                    return row[0], True, []
+            if state in TERMINAL_STATES:
+                raise errors.conflict(f"run {run_id} is {state}: it receives no more events")
+            event_id = c.execute(
+                "INSERT INTO events (run_id, name, data, reference_id, created_at) VALUES (?,?,?,?,?) RETURNING id",
+                (run_id, name, data_json, reference_id, now_ms),
+            ).fetchone()[0]
+            wait = c.execute(
+                "SELECT id FROM waits WHERE run_id = ? AND kind = 'event' AND name = ? AND state = 'pending'"
+                " ORDER BY seq LIMIT 1",
+                (run_id, name),
+            ).fetchone()
+            if wait is None:
+                return event_id, False, []
+            _receive(c, wait[0], event_id, now_ms)
+            return event_id, False, _wake(c, [run_id], now_ms)
+
+        return await self._call(send)
+
+    async def wakeup(self, run_id: str, now_ms: int) -> list[str]:
+        """End the run's pending sleeps now; returns queues to notify."""
+
+        def wake(c: sqlite3.Connection) -> list[str]:
+            if _state_of(c, run_id) in TERMINAL_STATES:
+                return []
+            c.execute(
+                "UPDATE waits SET state = 'done', resolved_at = ? WHERE run_id = ? AND kind = 'sleep'"
+                " AND state = 'pending'",
+                (now_ms, run_id),
+            )
+            return _wake(c, [run_id], now_ms)
+
+        return await self._call(wake)
+
+    async def pause(self, run_id: str, now_ms: int) -> None:
+        marks, states = _in(sources(RunState.PAUSED))
+
+        def pause(c: sqlite3.Connection) -> None:
+            state = _state_of(c, run_id)
+            if state is RunState.PAUSED:
+                return
+            cur = c.execute(
+                "UPDATE runs SET state = 'paused', revision = revision + 1, worker_id = NULL, claim_expires_at = NULL,"
+                f" ready_at = NULL, updated_at = ? WHERE id = ? AND state IN ({marks})",
+                (now_ms, run_id, *states),
+            )
+            if cur.rowcount == 0:
+                raise errors.conflict(f"run {run_id} is {state}: it cannot be paused")
+            _history(c, [run_id], now_ms, RunState.PAUSED)
+
+        await self._call(pause)
+
+    async def resume(self, run_id: str, now_ms: int) -> list[str]:
+        def resume(c: sqlite3.Connection) -> list[str]:
+            state = _state_of(c, run_id)
+            if state is not RunState.PAUSED:
+                raise errors.conflict(f"run {run_id} is {state}, not paused")
+            # Replay re-derives what the run waits for; deadlines still pending suspend it again.
+            c.execute(
+                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = ?, updated_at = ? WHERE id = ?",
+                (now_ms, now_ms, run_id),
+            )
+            _history(c, [run_id], now_ms, RunState.QUEUED, _json_error("Resumed", "resumed"))
+            return [_queue_of(c, run_id)]
+
+        return await self._call(resume)
+
+    async def list_waits(self, run_id: str) -> list[dict[str, Any]]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT w.kind, w.name, w.seq, w.state, w.deadline, e.data FROM waits w"
+                " LEFT JOIN events e ON e.id = w.event_id WHERE w.run_id = ? ORDER BY w.id",
+                (run_id,),
+            ).fetchall()
+        )
+        return [_wait(r) for r in rows]
 
     async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]], claim_expires_at_ms: int) -> list[str]:
         def beat(c: sqlite3.Connection) -> list[str]:
@@ -369,12 +508,13 @@ class SqliteStore:
         )
         return row[0] if row else None
 
-    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> list[str]:
+    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> Effects:
         marks, states = _in(sources(RunState.CANCELLED))
         error = _json_error("RunCancelled", reason or "cancelled")
 
-        def cancel(c: sqlite3.Connection) -> list[str]:
-            if c.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+        def cancel(c: sqlite3.Connection) -> Effects:
+            row = c.execute("SELECT parent_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
                 raise errors.not_found(f"no run with id {run_id!r}")
             rows = c.execute(
                 "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)"
@@ -383,9 +523,11 @@ class SqliteStore:
                 f" WHERE id IN (SELECT id FROM tree) AND state IN ({marks}) RETURNING id",
                 (run_id, error, now_ms, *states),
             ).fetchall()
-            ids = [r[0] for r in rows]
-            _history(c, ids, now_ms, RunState.CANCELLED, error)
-            return ids
+            effects = Effects(finished=[r[0] for r in rows])
+            _history(c, effects.finished, now_ms, RunState.CANCELLED, error)
+            if run_id in effects.finished and row[0] is not None:
+                effects.queued = _wake(c, [row[0]], now_ms)  # a parent may be awaiting this child
+            return effects
 
         return await self._call(cancel)
 
@@ -457,3 +599,107 @@ def _requeue_running(c: sqlite3.Connection, where: str, args: tuple[Any, ...], n
 
 def _json_error(kind: str, message: str) -> str:
     return orjson.dumps({"type": kind, "message": message}).decode()
+
+
+def _state_of(c: sqlite3.Connection, run_id: str) -> RunState:
+    row = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise errors.not_found(f"no run with id {run_id!r}")
+    return RunState(row[0])
+
+
+def _queue_of(c: sqlite3.Connection, run_id: str) -> str:
+    return str(c.execute("SELECT queue FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
+
+
+def _wake(c: sqlite3.Connection, run_ids: list[str], now_ms: int) -> list[str]:
+    """Something these runs may wait for happened: queue the suspended ones; a running one is
+    flagged so that its worker's next suspension requeues it instead. Returns queues to notify."""
+    marks, ids = _in(run_ids)
+    suspended_marks, suspended = _in(SUSPENDED_STATES)
+    rows = c.execute(
+        "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = ?, updated_at = ?"
+        f" WHERE id IN ({marks}) AND state IN ({suspended_marks}) RETURNING id, queue",
+        (now_ms, now_ms, *ids, *suspended),
+    ).fetchall()
+    _history(c, [r[0] for r in rows], now_ms, RunState.QUEUED)
+    c.execute(f"UPDATE runs SET wake_requested = 1 WHERE id IN ({marks}) AND state = 'running'", ids)
+    return [r[1] for r in rows]
+
+
+def _wait(row: Sequence[Any]) -> dict[str, Any]:
+    kind, name, seq, state, deadline, data = row
+    return {"kind": kind, "name": name, "seq": seq, "state": state, "deadline_ms": deadline, "data": data}
+
+
+def _receive(c: sqlite3.Connection, wait_id: int, event_id: int, now_ms: int) -> None:
+    c.execute(
+        "UPDATE waits SET state = 'received', event_id = ?, resolved_at = ? WHERE id = ?", (event_id, now_ms, wait_id)
+    )
+    c.execute("UPDATE events SET wait_id = ? WHERE id = ?", (wait_id, event_id))
+
+
+def _record_wait(c: sqlite3.Connection, run_id: str, w: NewWait, now_ms: int) -> bool:
+    """Insert a wait the worker recorded. A new pending event wait receives the earliest event of
+    its name that no wait has received yet; returns True when it did (the run must not suspend)."""
+    try:
+        wait_id = c.execute(
+            "INSERT INTO waits (run_id, kind, name, seq, state, deadline, created_at, resolved_at)"
+            " VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+            (run_id, w.kind, w.name, w.seq, w.state, w.deadline_ms, now_ms, None if w.state == "pending" else now_ms),
+        ).fetchone()[0]
+    except sqlite3.IntegrityError:
+        raise errors.conflict(f"run {run_id} already recorded {w.kind} wait {w.name!r} #{w.seq}") from None
+    if w.kind != WaitKind.EVENT:
+        return False
+    if w.state == WaitState.RECEIVED:
+        cur = c.execute(
+            "UPDATE events SET wait_id = ? WHERE id = ? AND run_id = ? AND name = ? AND wait_id IS NULL",
+            (wait_id, w.event_id, run_id, w.name),
+        )
+        if cur.rowcount == 0:
+            raise errors.conflict(f"event {w.event_id} of run {run_id} is not an unreceived {w.name!r} event")
+        c.execute("UPDATE waits SET event_id = ? WHERE id = ?", (w.event_id, wait_id))
+        return False
+    event = c.execute(
+        "SELECT id FROM events WHERE run_id = ? AND name = ? AND wait_id IS NULL ORDER BY id LIMIT 1", (run_id, w.name)
+    ).fetchone()
+    if event is None:
+        return False
+    _receive(c, wait_id, event[0], now_ms)
+    return True
+
+
+def _insert_child(c: sqlite3.Connection, parent_id: str, child: NewChild, now_ms: int) -> None:
+    existing = c.execute("SELECT parent_id FROM runs WHERE id = ?", (child.id,)).fetchone()
+    if existing is not None:
+        raise errors.conflict(f"run id {child.id!r} is already taken")
+    c.execute(
+        "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, parent_id, ready_at, created_at,"
+        " updated_at) VALUES (?,?,?,?,'queued',?,?,?,?,?,?)",
+        (
+            child.id,
+            child.workflow,
+            child.version,
+            queue_key(child.workflow, child.version),
+            child.input_json,
+            child.input_hash,
+            parent_id,
+            now_ms,
+            now_ms,
+            now_ms,
+        ),
+    )
+    _history(c, [child.id], now_ms, RunState.QUEUED)
+
+
+def _any_finished(c: sqlite3.Connection, parent_id: str, child_ids: Sequence[str]) -> bool:
+    if not child_ids:
+        return False
+    marks, ids = _in(child_ids)
+    terminal_marks, terminal = _in(TERMINAL_STATES)
+    row = c.execute(
+        f"SELECT 1 FROM runs WHERE parent_id = ? AND id IN ({marks}) AND state IN ({terminal_marks}) LIMIT 1",
+        (parent_id, *ids, *terminal),
+    ).fetchone()
+    return row is not None

@@ -65,4 +65,39 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX run_history_run ON run_history (run_id, id);
         """,
     ),
+    (
+        2,
+        """
+        -- Set when something the run may be waiting for happens while a worker holds it (an event,
+        -- a wakeup, a child's end): the worker's next suspension then requeues it instead.
+        ALTER TABLE runs ADD COLUMN wake_requested INTEGER NOT NULL DEFAULT 0;
+
+        CREATE TABLE events (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order
+            run_id       TEXT NOT NULL REFERENCES runs(id),
+            name         TEXT NOT NULL,
+            data         TEXT,
+            reference_id TEXT,
+            wait_id      INTEGER,                            -- the wait that received it
+            created_at   INTEGER NOT NULL,
+            UNIQUE (run_id, reference_id)
+        );
+        CREATE INDEX events_unreceived ON events (run_id, name, id) WHERE wait_id IS NULL;
+
+        CREATE TABLE waits (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id      TEXT NOT NULL REFERENCES runs(id),
+            kind        TEXT NOT NULL,      -- sleep | event
+            name        TEXT NOT NULL,
+            seq         INTEGER NOT NULL,   -- call order among the run's waits of this kind and name
+            state       TEXT NOT NULL,      -- pending, then done (sleep) / received / timed_out (event)
+            deadline    INTEGER,            -- wake time of a sleep, timeout of an event wait
+            event_id    INTEGER REFERENCES events(id),
+            created_at  INTEGER NOT NULL,
+            resolved_at INTEGER,
+            UNIQUE (run_id, kind, name, seq)
+        );
+        CREATE INDEX waits_pending ON waits (run_id, kind, name, seq) WHERE state = 'pending';
+        """,
+    ),
 ]
