@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 # Retry delays up to this long are waited out in the worker; longer ones suspend the run durably so
 # a long backoff never holds a worker slot.
 INLINE_RETRY_MAX_MS = 1_000
+# Loop steps without progress after which a held call (a new address whose task name still has
+# unconsumed records) is judged: enough for results to travel up nested gathers.
+QUIET_STEPS = 20
 # An outcome left in the buffer this long (the workflow awaiting something that is not an aiki call)
 # is written on its own.
 LINGER_FLUSH_S = 0.05
@@ -221,6 +224,8 @@ class RunExecution:
             self._unreceived.setdefault(event["name"], collections.deque()).append(event)
         self._children = {c["id"]: c for c in children}
         self._waiting_on: set[str] = set()
+        self._held: list[tuple[_Call, str]] = []
+        self._progress = 0  # bumped by every call resolved and task finished: see _watch_for_quiet
         self._write_lock = asyncio.Lock()
         self._linger: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -253,28 +258,55 @@ class RunExecution:
 
     def _resolve_group(self) -> None:
         group, self._group = self._group, []
+        self._progress += 1
         fresh: list[_Call] = []
         for call in group:
             rec = self._matcher.take(call.address)
-            task_id = self._matcher.next_task_id(call.address)
             if rec is None:
                 fresh.append(call)
             else:
-                self._replay(call, rec, task_id)
+                self._replay(call, rec, self._matcher.next_task_id(call.address))
         for call in fresh:
             task_id = self._matcher.next_task_id(call.address)
             if self._matcher.unconsumed_by_name[call.name] > 0:
+                # Perhaps a changed input, perhaps a sibling branch will still consume those records
+                # (a crash in the middle of a gather): decide once nothing else can make progress.
+                self._held.append((call, task_id))
+            else:
+                self._start_fresh(call, task_id)
+        self._watch_for_quiet()
+
+    def _start_fresh(self, call: _Call, task_id: str) -> None:
+        if call.child is not None:
+            self._start_child(call)
+        else:
+            self._start_execution(call, task_id, attempt=1, record_id=None)
+
+    def _watch_for_quiet(self) -> None:
+        """With held calls, check whether the workflow has gone quiet: no call issued, nothing
+        resolved and no task running for QUIET_STEPS loop steps."""
+        if self._held and not self._executions and not self._group:
+            asyncio.get_running_loop().call_soon(self._quiet_step, 0, self._progress)
+
+    def _quiet_step(self, steps: int, progress: int) -> None:
+        if progress != self._progress or self._executions or self._group or not self._held:
+            return  # something moved: whoever moved it watches again
+        if steps < QUIET_STEPS:
+            asyncio.get_running_loop().call_soon(self._quiet_step, steps + 1, progress)
+            return
+        held, self._held = self._held, []
+        for call, task_id in held:
+            unconsumed = self._matcher.unconsumed_by_name[call.name]
+            if unconsumed > 0:
                 err = NonDeterminismError(
-                    f"{call.name!r} was called with input {_preview(call.input)} that no "
-                    f"recorded call of it has, while {self._matcher.unconsumed_by_name[call.name]} "
-                    "recorded call(s) of it remain unconsumed: the workflow's code or input changed"
+                    f"{call.name!r} was called with input {_preview(call.input)} that no recorded call of it "
+                    f"has, while {unconsumed} recorded call(s) of it remain unconsumed: the workflow's code or "
+                    "input changed"
                 )
                 self._nondeterminism = self._nondeterminism or err
                 _fail(call.future, err)
-            elif call.child is not None:
-                self._start_child(call)
             else:
-                self._start_execution(call, task_id, attempt=1, record_id=None)
+                self._start_fresh(call, task_id)
 
     def _replay(self, call: _Call, rec: TaskRecord, task_id: str) -> None:
         if call.child is not None:
@@ -379,7 +411,12 @@ class RunExecution:
     ) -> None:
         execution = asyncio.create_task(self._guarded(self._execute(call, task_id, attempt, record_id, delay_ms)))
         self._executions.add(execution)
-        execution.add_done_callback(self._executions.discard)
+        execution.add_done_callback(self._execution_done)
+
+    def _execution_done(self, execution: asyncio.Task[None]) -> None:
+        self._executions.discard(execution)
+        self._progress += 1
+        self._watch_for_quiet()
 
     async def _execute(self, call: _Call, task_id: str, attempt: int, record_id: int | None, delay_ms: int) -> None:
         task = call.task

@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 __all__ = ["RetryPolicy", "exponential", "fixed", "jittered"]
+
+# No retry waits longer than this, even an uncapped exponential one.
+_LONGEST_DELAY_MS = 365 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,11 @@ class RetryPolicy:
 
     def delay_ms(self, failed_attempt: int) -> int:
         """Delay before the attempt after `failed_attempt` (1-based)."""
-        delay = self.base_delay_ms * self.factor ** (failed_attempt - 1)
-        if self.max_delay_ms is not None:
-            delay = min(delay, self.max_delay_ms)
+        try:
+            delay = self.base_delay_ms * self.factor ** (failed_attempt - 1)
+        except OverflowError:  # a late attempt of a long policy: the cap decides
+            delay = math.inf
+        delay = min(delay, self.max_delay_ms if self.max_delay_ms is not None else _LONGEST_DELAY_MS)
         if self.jitter:
             delay = random.uniform(0, delay)
         return int(delay)
