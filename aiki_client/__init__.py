@@ -19,6 +19,7 @@ from .errors import (
     Unauthorized,
 )
 from .retry import RetryPolicy
+from .schedule import Schedule, ScheduleHandle, ScheduleStatus, schedule
 from .task import Task, task
 from .wire import RunState
 from .worker import Worker, WorkerHandle, worker
@@ -42,6 +43,9 @@ __all__ = [
     "RunHandle",
     "RunState",
     "RunStatus",
+    "Schedule",
+    "ScheduleHandle",
+    "ScheduleStatus",
     "ServerUnavailable",
     "Task",
     "TaskContext",
@@ -54,6 +58,7 @@ __all__ = [
     "WorkflowVersion",
     "connect",
     "retry",
+    "schedule",
     "task",
     "worker",
     "workflow",

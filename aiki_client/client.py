@@ -12,6 +12,7 @@ from typing import Any
 
 from ._transport import Transport
 from .errors import InvalidRequest, RunCancelled, RunFailed
+from .schedule import ScheduleHandle, ScheduleStatus
 from .wire import API_PREFIX, MAX_WAIT_MS, TERMINAL_STATES, RunState, canonical_json
 
 
@@ -215,6 +216,16 @@ class Client:
             body["reference_id"] = reference_id
         answer = await self._transport.request("POST", f"{API_PREFIX}/events/multicast", body)
         return MulticastResult(sent=answer["sent"], failed=answer["failed"])
+
+    async def list_schedules(self) -> list[ScheduleStatus]:
+        answer = await self._transport.request("GET", f"{API_PREFIX}/schedules")
+        return [ScheduleStatus.from_wire(s) for s in answer["schedules"]]
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleHandle:
+        """A handle on an existing schedule. Raises NotFound if there is none with this id."""
+        handle = ScheduleHandle(self, schedule_id)
+        await handle.get()
+        return handle
 
     async def close(self) -> None:
         await self._transport.close()

@@ -23,11 +23,12 @@ from sanic.response import HTTPResponse
 from aiki_client.wire import API_PREFIX, MAX_BODY_BYTES, MAX_WAIT_MS, ErrorCode
 
 from . import errors
-from .api import health, openapi, runs, workers
+from .api import health, openapi, runs, schedules, workers
 from .api._respond import json_response
 from .config import ServerConfig
 from .notifier import Notifier
 from .services.runs import RunService
+from .services.schedules import ScheduleService
 from .services.workers import WorkerService
 from .store import open_store
 from .timers import Timers
@@ -57,7 +58,7 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
     app.config.TOUCHUP = False
     app.config.NOISY_EXCEPTIONS = False
     app.ctx.config = config
-    for bp in (runs.bp, runs.events_bp, workers.bp, health.bp, openapi.bp):
+    for bp in (runs.bp, runs.events_bp, schedules.bp, workers.bp, health.bp, openapi.bp):
         app.blueprint(bp)
 
     if config.api_key:
@@ -89,6 +90,8 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
         app.ctx.timers = timers
         app.ctx.runs = RunService(store, notifier, timers)
         app.ctx.workers = WorkerService(store, notifier, timers, claim_idle_timeout_ms=config.claim_idle_timeout_ms)
+        app.ctx.schedules = ScheduleService(store, notifier, timers)
+        timers.due_work.append(app.ctx.schedules.fire_due)
         app.ctx.daemon = asyncio.get_running_loop().create_task(timers.run_forever(), name="aiki-timers")
 
     @app.after_server_stop

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from .notifier import Notifier
 from .store import Store
@@ -26,6 +27,8 @@ def now_ms() -> int:
 class Timers:
     def __init__(self, store: Store, notifier: Notifier, *, sweep_interval_s: float = 1.0) -> None:
         self._store = store
+        # More deadline-driven work (schedules): each is called with now and returns its next deadline.
+        self.due_work: list[Callable[[int], Awaitable[int | None]]] = []
         self._notifier = notifier
         self._sweep_interval_s = sweep_interval_s
         self._next_wake_ms: int | None = None
@@ -53,7 +56,10 @@ class Timers:
         now = now_ms()
         self._notifier.notify_all(await self._store.promote_due(now))
         self._notifier.notify_all(await self._store.release_expired_claims(now))
-        self._next_wake_ms = await self._store.next_wake_at()
+        deadlines = [await self._store.next_wake_at()]
+        for work in self.due_work:
+            deadlines.append(await work(now))
+        self._next_wake_ms = min((d for d in deadlines if d is not None), default=None)
 
     async def _sleep_until_due(self) -> None:
         """Sleep until the nearest deadline or the next sweep, whichever is first; a poke with an

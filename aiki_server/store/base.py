@@ -114,6 +114,26 @@ class Claimed:
     children: list[dict[str, Any]] = field(default_factory=list)  # child runs and how they stand
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    id: str
+    workflow: str
+    version: str
+    input_json: str
+    input_hash: str
+    cron: str | None
+    tz: str | None
+    every_ms: int | None
+    overlap: str
+    state: str
+    reference_id: str | None
+    next_fire_at_ms: int | None
+    last_run_id: str | None
+    fired: int
+    skipped: int
+    created_at_ms: int
+
+
 class CheckpointResult:
     APPLIED = "applied"
     DUPLICATE = "duplicate"
@@ -199,6 +219,33 @@ class Store(Protocol):
         ...
 
     async def next_wake_at(self) -> int | None: ...
+
+    async def insert_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        """Insert; an existing schedule with the same reference id is returned when it matches
+        (same workflow, version, input and timing), else ApiError(conflict)."""
+        ...
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None: ...
+
+    async def list_schedules(self) -> list[Schedule]: ...
+
+    async def set_schedule_state(
+        self, schedule_id: str, state: str, next_fire_at_ms: int | None, now_ms: int
+    ) -> None: ...
+
+    async def delete_schedule(self, schedule_id: str) -> None: ...
+
+    async def due_schedules(self, now_ms: int) -> list[Schedule]: ...
+
+    async def next_schedule_fire_at(self) -> int | None: ...
+
+    async def fire_schedule(
+        self, schedule: Schedule, next_fire_at_ms: int | None, run: NewRun | None, skipped: bool, now_ms: int
+    ) -> tuple[Run | None, Effects]:
+        """Advance a due schedule (compare-and-set on its next fire time, so one server fires it
+        once) and start its run; with overlap `cancel_previous`, cancel the last run first.
+        Returns (the run started or None, effects); (None, empty) if another server fired it."""
+        ...
 
     async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> Effects:
         """Cancel the run and its descendants that are not finished (`Effects.finished`), waking

@@ -10,6 +10,7 @@ a process crash.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,19 @@ from aiki_client.wire import SUSPENDED_STATES, TERMINAL_STATES, RunState, TaskSt
 
 from .. import errors
 from ..state_machine import TIMED_STATES, sources
-from .base import CheckpointResult, Claimed, Effects, NewChild, NewRun, NewWait, NextState, Run, TaskOutcome, queue_key
+from .base import (
+    CheckpointResult,
+    Claimed,
+    Effects,
+    NewChild,
+    NewRun,
+    NewWait,
+    NextState,
+    Run,
+    Schedule,
+    TaskOutcome,
+    queue_key,
+)
 from .sqlite_schema import MIGRATIONS
 
 T = TypeVar("T")
@@ -181,32 +194,7 @@ class SqliteStore:
                     raise errors.conflict(f"run id {new.id!r} is already taken by another run")
             if existing is not None:
                 return existing, False
-            due = new.wake_at_ms is None or new.wake_at_ms <= now_ms
-            state = RunState.QUEUED if due else RunState.SCHEDULED
-            c.execute(
-                "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, reference_id, shard_key,"
-                " parent_id, wake_at, ready_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    new.id,
-                    new.workflow,
-                    new.version,
-                    queue_key(new.workflow, new.version, new.shard_key),
-                    state,
-                    new.input_json,
-                    new.input_hash,
-                    new.reference_id,
-                    new.shard_key,
-                    new.parent_id,
-                    None if due else new.wake_at_ms,
-                    now_ms if due else None,
-                    now_ms,
-                    now_ms,
-                ),
-            )
-            _history(c, [new.id], now_ms, state)
-            run = _one_run(c, "id = ?", (new.id,))
-            assert run is not None
-            return run, True
+            return _insert_new_run(c, new, now_ms), True
 
         return await self._call(insert)
 
@@ -508,28 +496,94 @@ class SqliteStore:
         )
         return row[0] if row else None
 
-    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> Effects:
-        marks, states = _in(sources(RunState.CANCELLED))
-        error = _json_error("RunCancelled", reason or "cancelled")
+    # -- schedules ----------------------------------------------------------------------------------
 
-        def cancel(c: sqlite3.Connection) -> Effects:
-            row = c.execute("SELECT parent_id FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise errors.not_found(f"no run with id {run_id!r}")
-            rows = c.execute(
-                "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)"
-                " UPDATE runs SET state = 'cancelled', revision = revision + 1, error = ?, worker_id = NULL,"
-                " claim_expires_at = NULL, wake_at = NULL, ready_at = NULL, updated_at = ?"
-                f" WHERE id IN (SELECT id FROM tree) AND state IN ({marks}) RETURNING id",
-                (run_id, error, now_ms, *states),
+    async def insert_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        def insert(c: sqlite3.Connection) -> tuple[Schedule, bool]:
+            if schedule.reference_id is not None:
+                existing = _one_schedule(c, "reference_id = ?", (schedule.reference_id,))
+                if existing is not None:
+                    if _settings(existing) != _settings(schedule):
+                        raise errors.conflict(
+                            f"reference_id {schedule.reference_id!r} already names schedule {existing.id} "
+                            "with other settings"
+                        )
+                    return existing, False
+            values = dataclasses.astuple(schedule)
+            c.execute(
+                f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}, updated_at) VALUES ({','.join('?' * (len(values) + 1))})",
+                (*values, schedule.created_at_ms),
+            )
+            return schedule, True
+
+        return await self._call(insert)
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        return await self._call(lambda c: _one_schedule(c, "id = ?", (schedule_id,)))
+
+    async def list_schedules(self) -> list[Schedule]:
+        rows = await self._call(
+            lambda c: c.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY created_at, id").fetchall()
+        )
+        return [Schedule(*r) for r in rows]
+
+    async def set_schedule_state(self, schedule_id: str, state: str, next_fire_at_ms: int | None, now_ms: int) -> None:
+        def update(c: sqlite3.Connection) -> None:
+            cur = c.execute(
+                "UPDATE schedules SET state = ?, next_fire_at = ?, updated_at = ? WHERE id = ?",
+                (state, next_fire_at_ms, now_ms, schedule_id),
+            )
+            if cur.rowcount == 0:
+                raise errors.not_found(f"no schedule with id {schedule_id!r}")
+
+        await self._call(update)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        def delete(c: sqlite3.Connection) -> None:
+            if c.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount == 0:
+                raise errors.not_found(f"no schedule with id {schedule_id!r}")
+
+        await self._call(delete)
+
+    async def due_schedules(self, now_ms: int) -> list[Schedule]:
+        rows = await self._call(
+            lambda c: c.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE state = 'active' AND next_fire_at <= ?"
+                " ORDER BY next_fire_at LIMIT 100",
+                (now_ms,),
             ).fetchall()
-            effects = Effects(finished=[r[0] for r in rows])
-            _history(c, effects.finished, now_ms, RunState.CANCELLED, error)
-            if run_id in effects.finished and row[0] is not None:
-                effects.queued = _wake(c, [row[0]], now_ms)  # a parent may be awaiting this child
-            return effects
+        )
+        return [Schedule(*r) for r in rows]
 
-        return await self._call(cancel)
+    async def next_schedule_fire_at(self) -> int | None:
+        row = await self._call(
+            lambda c: c.execute("SELECT MIN(next_fire_at) FROM schedules WHERE state = 'active'").fetchone()
+        )
+        return row[0] if row else None
+
+    async def fire_schedule(
+        self, schedule: Schedule, next_fire_at_ms: int | None, run: NewRun | None, skipped: bool, now_ms: int
+    ) -> tuple[Run | None, Effects]:
+        def fire(c: sqlite3.Connection) -> tuple[Run | None, Effects]:
+            cur = c.execute(
+                "UPDATE schedules SET next_fire_at = ?, skipped = skipped + ?, updated_at = ?"
+                " WHERE id = ? AND state = 'active' AND next_fire_at = ?",
+                (next_fire_at_ms, int(skipped), now_ms, schedule.id, schedule.next_fire_at_ms),
+            )
+            effects = Effects()
+            if cur.rowcount == 0 or run is None:
+                return None, effects  # fired by another server meanwhile, or skipped
+            if schedule.overlap == "cancel_previous" and schedule.last_run_id is not None:
+                effects = _cancel_tree(c, schedule.last_run_id, "cancelled by the next run of its schedule", now_ms)
+            started = _insert_new_run(c, run, now_ms)
+            c.execute("UPDATE schedules SET last_run_id = ?, fired = fired + 1 WHERE id = ?", (started.id, schedule.id))
+            effects.queued.append(started.queue)
+            return started, effects
+
+        return await self._call(fire)
+
+    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> Effects:
+        return await self._call(lambda c: _cancel_tree(c, run_id, reason or "cancelled", now_ms))
 
 
 # -- helpers run on the store thread -----------------------------------------------------------
@@ -671,26 +725,51 @@ def _record_wait(c: sqlite3.Connection, run_id: str, w: NewWait, now_ms: int) ->
 
 
 def _insert_child(c: sqlite3.Connection, parent_id: str, child: NewChild, now_ms: int) -> None:
-    existing = c.execute("SELECT parent_id FROM runs WHERE id = ?", (child.id,)).fetchone()
-    if existing is not None:
+    if c.execute("SELECT 1 FROM runs WHERE id = ?", (child.id,)).fetchone() is not None:
         raise errors.conflict(f"run id {child.id!r} is already taken")
-    c.execute(
-        "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, parent_id, ready_at, created_at,"
-        " updated_at) VALUES (?,?,?,?,'queued',?,?,?,?,?,?)",
+    _insert_new_run(
+        c,
+        NewRun(
+            id=child.id,
+            workflow=child.workflow,
+            version=child.version,
+            input_json=child.input_json,
+            input_hash=child.input_hash,
+            reference_id=None,
+            shard_key=None,
+            parent_id=parent_id,
+            wake_at_ms=None,
+        ),
+        now_ms,
+    )
+
+
+def _insert_new_run(c: sqlite3.Connection, new: NewRun, now_ms: int) -> Run:
+    due = new.wake_at_ms is None or new.wake_at_ms <= now_ms
+    state = RunState.QUEUED if due else RunState.SCHEDULED
+    row = c.execute(
+        "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, reference_id, shard_key,"
+        " parent_id, wake_at, ready_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        f" RETURNING {_RUN_COLUMNS}",
         (
-            child.id,
-            child.workflow,
-            child.version,
-            queue_key(child.workflow, child.version),
-            child.input_json,
-            child.input_hash,
-            parent_id,
-            now_ms,
+            new.id,
+            new.workflow,
+            new.version,
+            queue_key(new.workflow, new.version, new.shard_key),
+            state,
+            new.input_json,
+            new.input_hash,
+            new.reference_id,
+            new.shard_key,
+            new.parent_id,
+            None if due else new.wake_at_ms,
+            now_ms if due else None,
             now_ms,
             now_ms,
         ),
-    )
-    _history(c, [child.id], now_ms, RunState.QUEUED)
+    ).fetchone()
+    _history(c, [new.id], now_ms, state)
+    return _run(row)
 
 
 def _any_finished(c: sqlite3.Connection, parent_id: str, child_ids: Sequence[str]) -> bool:
@@ -703,3 +782,40 @@ def _any_finished(c: sqlite3.Connection, parent_id: str, child_ids: Sequence[str
         (parent_id, *ids, *terminal),
     ).fetchone()
     return row is not None
+
+
+def _cancel_tree(c: sqlite3.Connection, run_id: str, reason: str, now_ms: int) -> Effects:
+    """Cancel the run and its unfinished descendants, waking a parent that may await the run."""
+    row = c.execute("SELECT parent_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise errors.not_found(f"no run with id {run_id!r}")
+    marks, states = _in(sources(RunState.CANCELLED))
+    error = _json_error("RunCancelled", reason)
+    rows = c.execute(
+        "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)"
+        " UPDATE runs SET state = 'cancelled', revision = revision + 1, error = ?, worker_id = NULL,"
+        " claim_expires_at = NULL, wake_at = NULL, ready_at = NULL, updated_at = ?"
+        f" WHERE id IN (SELECT id FROM tree) AND state IN ({marks}) RETURNING id",
+        (run_id, error, now_ms, *states),
+    ).fetchall()
+    effects = Effects(finished=[r[0] for r in rows])
+    _history(c, effects.finished, now_ms, RunState.CANCELLED, error)
+    if run_id in effects.finished and row[0] is not None:
+        effects.queued = _wake(c, [row[0]], now_ms)
+    return effects
+
+
+_SCHEDULE_COLUMNS = (
+    "id, workflow, version, input, input_hash, cron, tz, every_ms, overlap, state, reference_id, next_fire_at,"
+    " last_run_id, fired, skipped, created_at"
+)
+
+
+def _settings(s: Schedule) -> tuple[Any, ...]:
+    """What makes two schedule requests the same schedule."""
+    return (s.workflow, s.version, s.input_hash, s.cron, s.tz, s.every_ms, s.overlap)
+
+
+def _one_schedule(c: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> Schedule | None:
+    row = c.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE {where}", args).fetchone()
+    return Schedule(*row) if row else None

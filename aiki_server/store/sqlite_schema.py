@@ -100,4 +100,29 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX waits_pending ON waits (run_id, kind, name, seq) WHERE state = 'pending';
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE schedules (
+            id            TEXT PRIMARY KEY,
+            workflow      TEXT NOT NULL,
+            version       TEXT NOT NULL,
+            input         TEXT NOT NULL,
+            input_hash    TEXT NOT NULL,
+            cron          TEXT,               -- a cron expression (5 or 6 fields) in time zone tz
+            tz            TEXT,
+            every_ms      INTEGER,            -- or a fixed interval
+            overlap       TEXT NOT NULL,      -- skip | allow | cancel_previous
+            state         TEXT NOT NULL,      -- active | paused
+            reference_id  TEXT UNIQUE,
+            next_fire_at  INTEGER,
+            last_run_id   TEXT,
+            fired         INTEGER NOT NULL DEFAULT 0,
+            skipped       INTEGER NOT NULL DEFAULT 0,
+            created_at    INTEGER NOT NULL,
+            updated_at    INTEGER NOT NULL
+        );
+        CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE state = 'active';
+        """,
+    ),
 ]
