@@ -564,6 +564,20 @@ class RunExecution:
         unconsumed = self._matcher.unconsumed()
         if self._nondeterminism is not None:
             return {"state": RunState.FAILED.value, "error": error_info(self._nondeterminism)}
+        if self._suspensions:
+            # A wait that cannot be satisfied yet wins over whatever the code did after seeing it
+            # (an error here may come from code that caught the signal): replay after the wait is
+            # deterministic, so a genuine error is raised again then. The earliest deadline decides
+            # when the run is looked at again.
+            timed = [s for s in self._suspensions if s.wake_at_ms is not None]
+            first = min(timed, key=lambda s: s.wake_at_ms or 0) if timed else self._suspensions[0]
+            suspended: dict[str, Any] = {
+                "state": first.state.value,
+                "wake_at_ms": min([t for s in timed if (t := s.wake_at_ms) is not None], default=None),
+            }
+            if self._waiting_on:
+                suspended["waiting_on"] = sorted(self._waiting_on)
+            return suspended
         if error is not None:
             info = error_info(error)
             policy = self._workflow_retry
@@ -574,17 +588,6 @@ class RunExecution:
                     "error": info,
                 }
             return {"state": RunState.FAILED.value, "error": info}
-        if self._suspensions:
-            # The earliest deadline decides when the run is looked at again.
-            timed = [s for s in self._suspensions if s.wake_at_ms is not None]
-            first = min(timed, key=lambda s: s.wake_at_ms or 0) if timed else self._suspensions[0]
-            suspended: dict[str, Any] = {
-                "state": first.state.value,
-                "wake_at_ms": min([t for s in timed if (t := s.wake_at_ms) is not None], default=None),
-            }
-            if self._waiting_on:
-                suspended["waiting_on"] = sorted(self._waiting_on)
-            return suspended
         then: dict[str, Any] = {"state": RunState.COMPLETED.value, "output": output}
         if unconsumed:
             then["unconsumed"] = unconsumed

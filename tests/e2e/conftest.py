@@ -43,7 +43,7 @@ def shared_effects(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def shared_worker(shared_server: ServerProcess, shared_dir: Path, shared_effects: Path) -> Iterator[WorkerProcess]:
-    """One worker process serving every test workflow except versioned@2."""
+    """One worker process (50 runs at once) serving every test workflow except versioned@2."""
     only = ",".join(
         [
             "echo@1",
@@ -56,10 +56,15 @@ def shared_worker(shared_server: ServerProcess, shared_dir: Path, shared_effects
             "failing@caught",
             "failing@whole-run-retry",
             "versioned@1",
+            "sleeper@1",
+            "waiter@1",
+            "waiter@gather",
+            "kid@1",
+            "parent@1",
         ]
     )
     w = WorkerProcess(
-        shared_server.url, log_path=shared_dir / "worker.log", effects_dir=shared_effects, only=only
+        shared_server.url, log_path=shared_dir / "worker.log", effects_dir=shared_effects, only=only, concurrency="50"
     ).start()
     yield w
     assert w.stop() == 0, w.log()

@@ -166,6 +166,76 @@ async def versioned_v2(run: WorkflowRun, inp: Any) -> str:
     return "v2"
 
 
+@task("clock")
+async def clock(inp: Any, ctx: TaskContext) -> float:
+    effect(ctx, "clock", inp)
+    return time.time()
+
+
+sleeper = workflow("sleeper")
+
+
+@sleeper.v("1")
+async def sleeper_v1(run: WorkflowRun, inp: dict[str, Any]) -> dict[str, float]:
+    """Reads the clock (in a task), sleeps durably, reads it again."""
+    before = await clock.start(run, "before")
+    await run.sleep("nap", seconds=inp["seconds"])
+    after = await clock.start(run, "after")
+    return {"before": before, "after": after}
+
+
+waiter = workflow("waiter")
+
+
+@waiter.v("1")
+async def waiter_v1(run: WorkflowRun, inp: dict[str, Any]) -> list[Any]:
+    """After a task, waits for `count` events called `name` (timeout seconds each, optional)."""
+    await echo_task.start(run, "ready")
+    results = []
+    for _ in range(inp.get("count", 1)):
+        ev = await run.wait_for_event(inp["name"], timeout=inp.get("timeout"))
+        results.append([ev.received, ev.data])
+    return results
+
+
+@waiter.v("gather")
+async def waiter_gather(run: WorkflowRun, inp: dict[str, Any]) -> list[Any]:
+    events = await asyncio.gather(*(run.wait_for_event(name) for name in inp["names"]))
+    return [ev.data for ev in events]
+
+
+kid = workflow("kid")
+
+
+@kid.v("1")
+async def kid_v1(run: WorkflowRun, inp: Any) -> Any:
+    if inp == "fail":
+        raise ValueError("the child failed")
+    if inp == "hang":
+        await run.wait_for_event("never")
+    if isinstance(inp, dict) and "grandchild" in inp:
+        child = await kid_v1.start_as_child(run, inp["grandchild"])
+        return await child.wait_for_completion()
+    return await step.start(run, {"i": inp})
+
+
+parent = workflow("parent")
+
+
+@parent.v("1")
+async def parent_v1(run: WorkflowRun, inp: dict[str, Any]) -> dict[str, Any]:
+    """Fans out to children with the given inputs and reports each child's outcome."""
+    children = [await kid_v1.start_as_child(run, x) for x in inp["inputs"]]
+    outcomes = await asyncio.gather(*(c.wait_for_completion() for c in children), return_exceptions=True)
+    return {
+        "children": [c.id for c in children],
+        "outcomes": [
+            {"error": type(o).__name__, "detail": str(o)} if isinstance(o, Exception) else {"output": o}
+            for o in outcomes
+        ],
+    }
+
+
 ALL = [
     echo_v1,
     steps_v1,
@@ -178,6 +248,11 @@ ALL = [
     failing_retried,
     versioned_v1,
     versioned_v2,
+    sleeper_v1,
+    waiter_v1,
+    waiter_gather,
+    kid_v1,
+    parent_v1,
 ]
 
 
