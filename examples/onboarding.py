@@ -1,4 +1,5 @@
-"""A user-onboarding workflow: tasks, a flaky task with retries, concurrent tasks, idempotent start.
+"""A user-onboarding workflow: tasks, a flaky task with retries, concurrent tasks, an event wait, a
+durable sleep, a child workflow, idempotent start.
 
 Run it against a server (`aiki-server` in another terminal):
 
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import random
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from aiki_client import TaskContext, WorkflowRun, connect, retry, task, worker, workflow
@@ -38,6 +40,14 @@ async def provision(inp: dict[str, Any]) -> str:
     return f"{inp['what']} ready for {inp['user_id']}"
 
 
+welcome = workflow("welcome")
+
+
+@welcome.v("1")
+async def welcome_v1(run: WorkflowRun, inp: dict[str, Any]) -> str:
+    return await provision.start(run, {"what": "welcome pack", "user_id": inp["user_id"]})
+
+
 onboarding = workflow("user-onboarding")
 
 
@@ -45,6 +55,12 @@ onboarding = workflow("user-onboarding")
 async def onboarding_v1(run: WorkflowRun, inp: dict[str, Any]) -> dict[str, Any]:
     profile = await create_profile.start(run, {"email": inp["email"]})
     verification = await send_verification.start(run, {"email": inp["email"]})
+    # The run waits in the server (no worker held) until the user clicks the link, or gives up.
+    clicked = await run.wait_for_event("email_verified", timeout=timedelta(hours=12))
+    if not clicked.received:
+        return {"success": False, "reason": "email never verified"}
+    await run.sleep("cool-off", milliseconds=200)  # days=1 in real life
+    welcome_run = await welcome_v1.start_as_child(run, {"user_id": profile["user_id"]})
     # Calls issued together run concurrently and are recorded as a group.
     mailbox, storage = await asyncio.gather(
         provision.start(run, {"what": "mailbox", "user_id": profile["user_id"]}),
@@ -54,18 +70,21 @@ async def onboarding_v1(run: WorkflowRun, inp: dict[str, Any]) -> dict[str, Any]
         "success": True,
         "user_id": profile["user_id"],
         "verification_attempts": verification["attempt"],
-        "provisioned": [mailbox, storage],
+        "verified_from": clicked.data["ip"],
+        "provisioned": [mailbox, storage, await welcome_run.wait_for_completion()],
     }
 
 
 async def run_once(url: str, email: str) -> dict[str, Any]:
     async with await connect(url) as aiki:
-        handle = await worker(id="onboarding-worker", workflows=[onboarding_v1], max_concurrent_workflow_runs=10).spawn(
-            aiki
-        )
+        handle = await worker(
+            id="onboarding-worker", workflows=[onboarding_v1, welcome_v1], max_concurrent_workflow_runs=10
+        ).spawn(aiki)
         try:
             # The same reference id always names the same run: a retried start never duplicates it.
             run = await onboarding_v1.start(aiki, {"email": email}, reference_id=f"signup:{email}")
+            # The user clicks the verification link (the event is kept even if it comes early).
+            await run.send_event("email_verified", {"ip": "203.0.113.7"}, reference_id=f"click:{email}")
             output: dict[str, Any] = await run.wait_for_completion(timeout=30)
             status = await run.get_status()
             print(f"run {run.id} is {status.state} after {status.attempts} attempt(s)")
