@@ -53,6 +53,10 @@ def fenced(message: str) -> ApiError:
     return ApiError(ErrorCode.FENCED, message)
 
 
+def unavailable(message: str) -> ApiError:
+    return ApiError(ErrorCode.UNAVAILABLE, message)
+
+
 class StoreUnavailable(ApiError):
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.UNAVAILABLE, message)

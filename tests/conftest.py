@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,10 +14,29 @@ from aiki_server import Server
 
 from .procs import ServerProcess, WorkerProcess
 
+PG_ADMIN_URL = os.environ.get("AIKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'aiki.db'}"
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (or module); dropped afterwards."""
+    name = f"aiki_test_{uuid.uuid4().hex[:12]}"
+    admin = PG_ADMIN_URL.rsplit("/", 1)[0]
+    subprocess.run(["psql", PG_ADMIN_URL, "-q", "-c", f"CREATE DATABASE {name}"], check=True)
+    try:
+        yield f"{admin}/{name}"
+    finally:
+        subprocess.run(["psql", PG_ADMIN_URL, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that uses the database runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aiki.db'}"
+    else:
+        with fresh_pg_database() as url:
+            yield url
 
 
 @pytest.fixture

@@ -18,15 +18,27 @@ from .base import (
 )
 
 
-def open_store(database_url: str) -> Store:
-    """The store for a URL: `sqlite:///path.db` (PostgreSQL arrives with production mode)."""
-    if database_url.startswith("sqlite:///"):
-        from .sqlite import SqliteStore
+def open_store(
+    database_url: str, *, pool_min_size: int = 2, pool_max_size: int = 20, command_timeout_s: float = 30
+) -> Store:
+    """The store for a URL: `sqlite:///path.db` or `postgresql://user@host/db`."""
+    from .sql import SqlStore
 
-        return SqliteStore(database_url)
+    if database_url.startswith("sqlite:///"):
+        from .sqlite import SqliteBackend
+
+        return SqlStore(SqliteBackend(database_url))
     if database_url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("PostgreSQL support is not in this build yet; use a sqlite:/// URL")
-    raise ValueError(f"unsupported database URL {database_url!r}: use sqlite:///path/to/file.db")
+        from .postgres import PostgresBackend
+
+        return SqlStore(
+            PostgresBackend(
+                database_url, min_size=pool_min_size, max_size=pool_max_size, command_timeout_s=command_timeout_s
+            )
+        )
+    raise ValueError(
+        f"unsupported database URL {database_url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
+    )
 
 
 __all__ = [

@@ -251,3 +251,21 @@ class Store(Protocol):
         """Cancel the run and its descendants that are not finished (`Effects.finished`), waking
         a parent that may await it. Raises ApiError(not_found) for an unknown run."""
         ...
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None,
+        states: Sequence[str],
+        reference_id: str | None,
+        limit: int,
+        before: tuple[int, str] | None,
+    ) -> list[Run]:
+        """Runs newest first (by creation time, then id), filtered by workflow name, any of
+        `states` (empty: all) and reference id; `before` = (created_at_ms, id) of the last run of
+        the previous page (keyset paging: a page never repeats or skips a run under inserts)."""
+        ...
+
+    async def workflow_counts(self) -> list[tuple[str, str, str, int]]:
+        """(workflow, version, state, number of runs) for every combination that has runs."""
+        ...

@@ -1,0 +1,801 @@
+"""The store's rules in SQL: one implementation for SQLite and PostgreSQL.
+
+Every public method is one transaction, shaped after what a service does (not after tables), so a
+step of a run costs one transaction. Statements are written in PostgreSQL's dialect (`$1`
+placeholders, `= ANY($n)` for lists); the SQLite backend rewrites the few constructs SQLite lacks.
+State changes are compare-and-set: the WHERE clause names the states a row may leave and, for a run
+held by a worker, the revision that worker holds.
+
+This is the only module (with the backends' migrations) that knows SQL. It never imports Sanic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from aiki_client.wire import SUSPENDED_STATES, TERMINAL_STATES, RunState, TaskState, WaitKind, WaitState
+
+from .. import errors
+from ..state_machine import TIMED_STATES, sources
+from .backend import Backend, Tx, UniqueViolation
+from .base import (
+    CheckpointResult,
+    Claimed,
+    Effects,
+    NewChild,
+    NewRun,
+    NewWait,
+    NextState,
+    Run,
+    Schedule,
+    TaskOutcome,
+    queue_key,
+)
+
+_RUN_COLUMNS = (
+    "id, workflow, version, state, revision, input, input_hash, output, error, attempts, reference_id, "
+    "shard_key, parent_id, wake_at, worker_id, created_at, updated_at"
+)
+_TASK_COLUMNS = "id, address, name, state, attempts, output, error, retry_at"
+_SCHEDULE_COLUMNS = (
+    "id, workflow, version, input, input_hash, cron, tz, every_ms, overlap, state, reference_id, next_fire_at,"
+    " last_run_id, fired, skipped, created_at"
+)
+_TIMED = [s.value for s in TIMED_STATES]
+_SUSPENDED = [s.value for s in SUSPENDED_STATES]
+_TERMINAL = [s.value for s in TERMINAL_STATES]
+_CANCELLABLE = [s.value for s in sources(RunState.CANCELLED)]
+_PAUSABLE = [s.value for s in sources(RunState.PAUSED)]
+
+
+class SqlStore:
+    """The Store protocol over a Backend (a SQLite file or a PostgreSQL pool)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def open(self) -> None:
+        await self.backend.open()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def ping(self) -> None:
+        async with self.backend.transaction(readonly=True) as tx:
+            await tx.fetchrow("SELECT 1")
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    async def insert_run(self, new: NewRun, now_ms: int) -> tuple[Run, bool]:
+        async with self.backend.transaction() as tx:
+            existing = None
+            if new.reference_id is not None:
+                existing = await _one_run(tx, "workflow = $1 AND reference_id = $2", new.workflow, new.reference_id)
+                if existing is not None and (existing.version, existing.input_hash) != (new.version, new.input_hash):
+                    differs = "version" if existing.version != new.version else "input"
+                    raise errors.conflict(
+                        f"reference_id {new.reference_id!r} of workflow {new.workflow!r} already names run "
+                        f"{existing.id} with a different {differs}"
+                    )
+            if existing is None:
+                existing = await _one_run(tx, "id = $1", new.id)
+                if existing is not None and (existing.workflow, existing.version, existing.input_hash) != (
+                    new.workflow,
+                    new.version,
+                    new.input_hash,
+                ):
+                    raise errors.conflict(f"run id {new.id!r} is already taken by another run")
+            if existing is not None:
+                return existing, False
+            try:
+                return await _insert_run(tx, new, now_ms), True
+            except UniqueViolation:
+                # Another server inserted the same run (id or reference id) at the same moment.
+                raise errors.unavailable("concurrent start of the same run; retry") from None
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self.backend.transaction(readonly=True) as tx:
+            return await _one_run(tx, "id = $1", run_id)
+
+    async def find_run_by_reference(self, workflow: str, reference_id: str) -> Run | None:
+        async with self.backend.transaction(readonly=True) as tx:
+            return await _one_run(tx, "workflow = $1 AND reference_id = $2", workflow, reference_id)
+
+    async def list_history(self, run_id: str) -> list[dict[str, Any]]:
+        async with self.backend.transaction(readonly=True) as tx:
+            rows = await tx.fetch("SELECT at, state, detail FROM run_history WHERE run_id = $1 ORDER BY id", run_id)
+        return [{"at_ms": at, "state": state, "detail": detail} for at, state, detail in rows]
+
+    async def list_tasks(self, run_id: str) -> list[dict[str, Any]]:
+        async with self.backend.transaction(readonly=True) as tx:
+            rows = await tx.fetch(f"SELECT {_TASK_COLUMNS} FROM task_calls WHERE run_id = $1 ORDER BY id", run_id)
+        return [_task(r) for r in rows]
+
+    async def list_waits(self, run_id: str) -> list[dict[str, Any]]:
+        async with self.backend.transaction(readonly=True) as tx:
+            rows = await tx.fetch(
+                "SELECT w.kind, w.name, w.seq, w.state, w.deadline, e.data FROM waits w"
+                " LEFT JOIN events e ON e.id = w.event_id WHERE w.run_id = $1 ORDER BY w.id",
+                run_id,
+            )
+        return [_wait(r) for r in rows]
+
+    # -- claims -----------------------------------------------------------------------------------
+
+    async def claim_runs(
+        self, worker_id: str, queues: list[str], limit: int, now_ms: int, claim_expires_at_ms: int
+    ) -> list[Claimed]:
+        async with self.backend.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = $1, claim_expires_at = $2,"
+                " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = $3"
+                " WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4)"
+                " ORDER BY ready_at LIMIT $5 FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_RUN_COLUMNS}",
+                worker_id,
+                claim_expires_at_ms,
+                now_ms,
+                queues,
+                limit,
+            )
+            if not rows:
+                return []
+            runs = [_run(r) for r in rows]
+            ids = [r.id for r in runs]
+            await _history(tx, ids, now_ms, RunState.RUNNING, _json({"worker_id": worker_id}))
+            # The claim is where waits are observed: what is due now is resolved, once and for all.
+            await tx.execute(
+                "UPDATE waits SET state = CASE kind WHEN 'sleep' THEN 'done' ELSE 'timed_out' END, resolved_at = $1"
+                " WHERE run_id = ANY($2) AND state = 'pending' AND deadline <= $1",
+                now_ms,
+                ids,
+            )
+            history = {r.id: Claimed(r, []) for r in runs}
+            for row in await tx.fetch(
+                f"SELECT run_id, {_TASK_COLUMNS} FROM task_calls WHERE run_id = ANY($1)"
+                " AND state != 'superseded' ORDER BY id",
+                ids,
+            ):
+                history[row[0]].tasks.append(_task(row[1:]))
+            for row in await tx.fetch(
+                "SELECT w.run_id, w.kind, w.name, w.seq, w.state, w.deadline, e.data FROM waits w"
+                " LEFT JOIN events e ON e.id = w.event_id WHERE w.run_id = ANY($1) ORDER BY w.id",
+                ids,
+            ):
+                history[row[0]].waits.append(_wait(row[1:]))
+            for run_id, event_id, name, data in await tx.fetch(
+                "SELECT run_id, id, name, data FROM events WHERE run_id = ANY($1) AND wait_id IS NULL ORDER BY id",
+                ids,
+            ):
+                history[run_id].events.append({"id": event_id, "name": name, "data": data})
+            for parent_id, child_id, state, output, error in await tx.fetch(
+                "SELECT parent_id, id, state, output, error FROM runs WHERE parent_id = ANY($1)", ids
+            ):
+                history[parent_id].children.append({"id": child_id, "state": state, "output": output, "error": error})
+            return list(history.values())
+
+    async def checkpoint(
+        self,
+        run_id: str,
+        worker_id: str,
+        revision: int,
+        seq: int,
+        tasks: list[TaskOutcome],
+        then: NextState | None,
+        now_ms: int,
+        claim_expires_at_ms: int,
+        waits: Sequence[NewWait] = (),
+        children: Sequence[NewChild] = (),
+    ) -> Effects:
+        async with self.backend.transaction() as tx:
+            effects = Effects()
+            row = await tx.fetchrow(
+                "SELECT state, revision, worker_id, checkpoint_seq, wake_requested, parent_id, queue FROM runs"
+                " WHERE id = $1 FOR UPDATE",
+                run_id,
+            )
+            if row is None:
+                raise errors.not_found(f"no run with id {run_id!r}")
+            state, current_revision, holder, applied_seq, wake_requested, parent_id, queue = row
+            if current_revision == revision and seq <= applied_seq:
+                effects.result = CheckpointResult.DUPLICATE  # a retried request whose first try landed
+                return effects
+            if state != RunState.RUNNING or current_revision != revision or holder != worker_id:
+                raise errors.fenced(
+                    f"run {run_id} is no longer held by {worker_id} at revision {revision} "
+                    f"(it is {state}, revision {current_revision})"
+                )
+            if seq != applied_seq + 1:
+                raise errors.conflict(f"checkpoint {seq} of run {run_id} arrived before checkpoint {applied_seq + 1}")
+            for t in tasks:
+                await _record_task(tx, run_id, t, now_ms)
+            for child in children:
+                await _insert_child(tx, run_id, child, now_ms)
+                effects.queued.append(queue_key(child.workflow, child.version))
+            received_now = False
+            for w in waits:
+                received_now = await _record_wait(tx, run_id, w, now_ms) or received_now
+            if then is None:
+                await tx.execute(
+                    "UPDATE runs SET checkpoint_seq = $1, claim_expires_at = $2, updated_at = $3 WHERE id = $4",
+                    seq,
+                    claim_expires_at_ms,
+                    now_ms,
+                    run_id,
+                )
+                return effects
+            next_state, wake_at = then.state, then.wake_at_ms
+            if next_state in SUSPENDED_STATES and (
+                wake_requested or received_now or await _any_finished(tx, run_id, then.waiting_on)
+            ):
+                # What the run would wait for has already happened: it goes straight back to work.
+                next_state, wake_at = RunState.QUEUED, None
+                effects.queued.append(queue)
+            attempts_step = 0
+            if next_state is RunState.AWAITING_RETRY and then.error_json is not None:
+                # A whole-run retry: failed calls run afresh next time, completed ones stay recorded.
+                attempts_step = 1
+                await tx.execute(
+                    "UPDATE task_calls SET state = 'superseded', updated_at = $1 WHERE run_id = $2 AND state = 'failed'",
+                    now_ms,
+                    run_id,
+                )
+            await tx.execute(
+                "UPDATE runs SET state = $1, output = $2, error = $3, wake_at = $4, attempts = attempts + $5,"
+                " ready_at = $6, worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = $7, updated_at = $8"
+                " WHERE id = $9",
+                next_state.value,
+                then.output_json,
+                then.error_json,
+                wake_at if next_state in TIMED_STATES else None,
+                attempts_step,
+                now_ms if next_state is RunState.QUEUED else None,
+                seq,
+                now_ms,
+                run_id,
+            )
+            await _history(tx, [run_id], now_ms, next_state, then.detail_json or then.error_json)
+            if next_state in TERMINAL_STATES:
+                effects.finished.append(run_id)
+                if parent_id is not None:
+                    effects.queued.extend(await _wake(tx, [parent_id], now_ms))
+            effects.wake_at_ms = wake_at
+            return effects
+
+    async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]], claim_expires_at_ms: int) -> list[str]:
+        if not runs:
+            return []
+        async with self.backend.transaction() as tx:
+            held = await tx.fetch(
+                "UPDATE runs SET claim_expires_at = $1 WHERE id = ANY($2) AND worker_id = $3 AND state = 'running'"
+                " RETURNING id, revision",
+                claim_expires_at_ms,
+                [run_id for run_id, _ in runs],
+                worker_id,
+            )
+        still_held = {(run_id, rev) for run_id, rev in held}
+        return [run_id for run_id, rev in runs if (run_id, rev) not in still_held]
+
+    async def release_worker(self, worker_id: str, now_ms: int) -> list[str]:
+        async with self.backend.transaction() as tx:
+            return await _requeue_running(tx, "worker_id = $3", worker_id, now_ms, "released")
+
+    async def release_expired_claims(self, now_ms: int) -> list[str]:
+        async with self.backend.transaction() as tx:
+            return await _requeue_running(tx, "claim_expires_at < $3", now_ms, now_ms, "claim expired")
+
+    async def promote_due(self, now_ms: int) -> list[str]:
+        async with self.backend.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1"
+                " WHERE id IN (SELECT id FROM runs WHERE wake_at <= $1 AND state = ANY($2)"
+                " ORDER BY wake_at LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING id, queue",
+                now_ms,
+                _TIMED,
+            )
+            await _history(tx, [r[0] for r in rows], now_ms, RunState.QUEUED)
+            return [r[1] for r in rows]
+
+    async def next_wake_at(self) -> int | None:
+        async with self.backend.transaction(readonly=True) as tx:
+            row = await tx.fetchrow(
+                "SELECT MIN(wake_at) FROM runs WHERE wake_at IS NOT NULL AND state = ANY($1)", _TIMED
+            )
+        return row[0] if row else None
+
+    # -- what happens to a run from outside ------------------------------------------------------
+
+    async def send_event(
+        self, run_id: str, name: str, data_json: str, reference_id: str | None, now_ms: int
+    ) -> tuple[int, bool, list[str]]:
+        """Store an event for a run; returns (event id, duplicate, queues to notify). The earliest
+        pending wait for that name receives it, and a suspended run is queued."""
+        async with self.backend.transaction() as tx:
+            state = await _lock_run(tx, run_id)
+            if reference_id is not None:
+                row = await tx.fetchrow(
+                    "SELECT id FROM events WHERE run_id = $1 AND reference_id = $2", run_id, reference_id
+                )
+                if row is not None:
+                    return row[0], True, []
+            if state in TERMINAL_STATES:
+                raise errors.conflict(f"run {run_id} is {state}: it receives no more events")
+            event_id = (
+                await tx.fetchrow(
+                    "INSERT INTO events (run_id, name, data, reference_id, created_at) VALUES ($1, $2, $3, $4, $5)"
+                    " RETURNING id",
+                    run_id,
+                    name,
+                    data_json,
+                    reference_id,
+                    now_ms,
+                )
+            )[0]
+            wait = await tx.fetchrow(
+                "SELECT id FROM waits WHERE run_id = $1 AND kind = 'event' AND name = $2 AND state = 'pending'"
+                " ORDER BY seq LIMIT 1",
+                run_id,
+                name,
+            )
+            if wait is None:
+                return event_id, False, []
+            await _receive(tx, wait[0], event_id, now_ms)
+            return event_id, False, await _wake(tx, [run_id], now_ms)
+
+    async def wakeup(self, run_id: str, now_ms: int) -> list[str]:
+        """End the run's pending sleeps now; returns queues to notify."""
+        async with self.backend.transaction() as tx:
+            if await _lock_run(tx, run_id) in TERMINAL_STATES:
+                return []
+            await tx.execute(
+                "UPDATE waits SET state = 'done', resolved_at = $1 WHERE run_id = $2 AND kind = 'sleep'"
+                " AND state = 'pending'",
+                now_ms,
+                run_id,
+            )
+            return await _wake(tx, [run_id], now_ms)
+
+    async def pause(self, run_id: str, now_ms: int) -> None:
+        async with self.backend.transaction() as tx:
+            state = await _lock_run(tx, run_id)
+            if state is RunState.PAUSED:
+                return
+            changed = await tx.execute(
+                "UPDATE runs SET state = 'paused', revision = revision + 1, worker_id = NULL, claim_expires_at = NULL,"
+                " ready_at = NULL, updated_at = $1 WHERE id = $2 AND state = ANY($3)",
+                now_ms,
+                run_id,
+                _PAUSABLE,
+            )
+            if changed == 0:
+                raise errors.conflict(f"run {run_id} is {state}: it cannot be paused")
+            await _history(tx, [run_id], now_ms, RunState.PAUSED)
+
+    async def resume(self, run_id: str, now_ms: int) -> list[str]:
+        async with self.backend.transaction() as tx:
+            state = await _lock_run(tx, run_id)
+            if state is not RunState.PAUSED:
+                raise errors.conflict(f"run {run_id} is {state}, not paused")
+            # Replay re-derives what the run waits for; deadlines still pending suspend it again.
+            row = await tx.fetchrow(
+                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1 WHERE id = $2"
+                " RETURNING queue",
+                now_ms,
+                run_id,
+            )
+            await _history(tx, [run_id], now_ms, RunState.QUEUED, _json_error("Resumed", "resumed"))
+            return [row[0]]
+
+    async def cancel_run(self, run_id: str, reason: str | None, now_ms: int) -> Effects:
+        async with self.backend.transaction() as tx:
+            return await _cancel_tree(tx, run_id, reason or "cancelled", now_ms)
+
+    # -- schedules ----------------------------------------------------------------------------------
+
+    async def insert_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        async with self.backend.transaction() as tx:
+            if schedule.reference_id is not None:
+                existing = await _one_schedule(tx, "reference_id = $1", schedule.reference_id)
+                if existing is not None:
+                    if _settings(existing) != _settings(schedule):
+                        raise errors.conflict(
+                            f"reference_id {schedule.reference_id!r} already names schedule {existing.id} "
+                            "with other settings"
+                        )
+                    return existing, False
+            values = dataclasses.astuple(schedule)
+            marks = ", ".join(f"${i}" for i in range(1, len(values) + 2))
+            await tx.execute(
+                f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}, updated_at) VALUES ({marks})",
+                *values,
+                schedule.created_at_ms,
+            )
+            return schedule, True
+
+    async def get_schedule(self, schedule_id: str) -> Schedule | None:
+        async with self.backend.transaction(readonly=True) as tx:
+            return await _one_schedule(tx, "id = $1", schedule_id)
+
+    async def list_schedules(self) -> list[Schedule]:
+        async with self.backend.transaction(readonly=True) as tx:
+            rows = await tx.fetch(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY created_at, id")
+        return [Schedule(*r) for r in rows]
+
+    async def set_schedule_state(self, schedule_id: str, state: str, next_fire_at_ms: int | None, now_ms: int) -> None:
+        async with self.backend.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE schedules SET state = $1, next_fire_at = $2, updated_at = $3 WHERE id = $4",
+                state,
+                next_fire_at_ms,
+                now_ms,
+                schedule_id,
+            )
+        if changed == 0:
+            raise errors.not_found(f"no schedule with id {schedule_id!r}")
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        async with self.backend.transaction() as tx:
+            if await tx.execute("DELETE FROM schedules WHERE id = $1", schedule_id) == 0:
+                raise errors.not_found(f"no schedule with id {schedule_id!r}")
+
+    async def due_schedules(self, now_ms: int) -> list[Schedule]:
+        async with self.backend.transaction(readonly=True) as tx:
+            rows = await tx.fetch(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE state = 'active' AND next_fire_at <= $1"
+                " ORDER BY next_fire_at LIMIT 100",
+                now_ms,
+            )
+        return [Schedule(*r) for r in rows]
+
+    async def next_schedule_fire_at(self) -> int | None:
+        async with self.backend.transaction(readonly=True) as tx:
+            row = await tx.fetchrow("SELECT MIN(next_fire_at) FROM schedules WHERE state = 'active'")
+        return row[0] if row else None
+
+    async def fire_schedule(
+        self, schedule: Schedule, next_fire_at_ms: int | None, run: NewRun | None, skipped: bool, now_ms: int
+    ) -> tuple[Run | None, Effects]:
+        async with self.backend.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE schedules SET next_fire_at = $1, skipped = skipped + $2, updated_at = $3"
+                " WHERE id = $4 AND state = 'active' AND next_fire_at = $5",
+                next_fire_at_ms,
+                int(skipped),
+                now_ms,
+                schedule.id,
+                schedule.next_fire_at_ms,
+            )
+            effects = Effects()
+            if changed == 0 or run is None:
+                return None, effects  # fired by another server meanwhile, or skipped
+            if schedule.overlap == "cancel_previous" and schedule.last_run_id is not None:
+                effects = await _cancel_tree(
+                    tx, schedule.last_run_id, "cancelled by the next run of its schedule", now_ms
+                )
+            started = await _insert_run(tx, run, now_ms)
+            await tx.execute(
+                "UPDATE schedules SET last_run_id = $1, fired = fired + 1 WHERE id = $2", started.id, schedule.id
+            )
+            effects.queued.append(started.queue)
+            return started, effects
+
+    # -- listing (read-only: the CLI and operators) -----------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None,
+        states: Sequence[str],
+        reference_id: str | None,
+        limit: int,
+        before: tuple[int, str] | None,
+    ) -> list[Run]:
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if workflow is not None:
+            where.append(f"workflow = {arg(workflow)}")
+        if states:
+            where.append(f"state = ANY({arg(list(states))})")
+        if reference_id is not None:
+            where.append(f"reference_id = {arg(reference_id)}")
+        if before is not None:
+            # Keyset paging on (created_at, id): stable while new runs arrive, unlike OFFSET.
+            at, last_id = arg(before[0]), arg(before[1])
+            where.append(f"(created_at < {at} OR (created_at = {at} AND id < {last_id}))")
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created_at DESC, id DESC LIMIT {arg(limit)}"
+        async with self.backend.transaction(readonly=True) as tx:
+            return [_run(r) for r in await tx.fetch(sql, *args)]
+
+    async def workflow_counts(self) -> list[tuple[str, str, str, int]]:
+        async with self.backend.transaction(readonly=True) as tx:
+            rows = await tx.fetch(
+                "SELECT workflow, version, state, COUNT(*) FROM runs GROUP BY workflow, version, state"
+                " ORDER BY workflow, version, state"
+            )
+        return [(w, v, s, int(n)) for w, v, s, n in rows]
+
+
+# -- helpers: each runs inside the caller's transaction ------------------------------------------
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_error(kind: str, message: str) -> str:
+    return _json({"type": kind, "message": message})
+
+
+def _run(row: Sequence[Any]) -> Run:
+    return Run(
+        id=row[0],
+        workflow=row[1],
+        version=row[2],
+        state=RunState(row[3]),
+        revision=row[4],
+        input_json=row[5],
+        input_hash=row[6],
+        output_json=row[7],
+        error_json=row[8],
+        attempts=row[9],
+        reference_id=row[10],
+        shard_key=row[11],
+        parent_id=row[12],
+        wake_at_ms=row[13],
+        worker_id=row[14],
+        created_at_ms=row[15],
+        updated_at_ms=row[16],
+    )
+
+
+def _task(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "address": row[1],
+        "name": row[2],
+        "state": row[3],
+        "attempts": row[4],
+        "output": row[5],
+        "error": row[6],
+        "retry_at_ms": row[7],
+    }
+
+
+def _wait(row: Sequence[Any]) -> dict[str, Any]:
+    kind, name, seq, state, deadline, data = row
+    return {"kind": kind, "name": name, "seq": seq, "state": state, "deadline_ms": deadline, "data": data}
+
+
+def _settings(s: Schedule) -> tuple[Any, ...]:
+    """What makes two schedule requests the same schedule."""
+    return (s.workflow, s.version, s.input_hash, s.cron, s.tz, s.every_ms, s.overlap)
+
+
+async def _one_run(tx: Tx, where: str, *args: Any) -> Run | None:
+    row = await tx.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE {where}", *args)
+    return _run(row) if row else None
+
+
+async def _one_schedule(tx: Tx, where: str, *args: Any) -> Schedule | None:
+    row = await tx.fetchrow(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE {where}", *args)
+    return Schedule(*row) if row else None
+
+
+async def _lock_run(tx: Tx, run_id: str) -> RunState:
+    """The run's state, with its row locked until the transaction ends (serializes the writers
+    of one run: a worker's checkpoint, an event, a wakeup)."""
+    row = await tx.fetchrow("SELECT state FROM runs WHERE id = $1 FOR UPDATE", run_id)
+    if row is None:
+        raise errors.not_found(f"no run with id {run_id!r}")
+    return RunState(row[0])
+
+
+async def _history(tx: Tx, ids: list[str], now_ms: int, state: str, detail: str | None = None) -> None:
+    if ids:
+        await tx.executemany(
+            "INSERT INTO run_history (run_id, at, state, detail) VALUES ($1, $2, $3, $4)",
+            [(i, now_ms, str(state), detail) for i in ids],
+        )
+
+
+async def _insert_run(tx: Tx, new: NewRun, now_ms: int) -> Run:
+    due = new.wake_at_ms is None or new.wake_at_ms <= now_ms
+    state = RunState.QUEUED if due else RunState.SCHEDULED
+    row = await tx.fetchrow(
+        "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, reference_id, shard_key,"
+        " parent_id, wake_at, ready_at, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)"
+        f" RETURNING {_RUN_COLUMNS}",
+        new.id,
+        new.workflow,
+        new.version,
+        queue_key(new.workflow, new.version, new.shard_key),
+        state.value,
+        new.input_json,
+        new.input_hash,
+        new.reference_id,
+        new.shard_key,
+        new.parent_id,
+        None if due else new.wake_at_ms,
+        now_ms if due else None,
+        now_ms,
+    )
+    await _history(tx, [new.id], now_ms, state)
+    return _run(row)
+
+
+async def _insert_child(tx: Tx, parent_id: str, child: NewChild, now_ms: int) -> None:
+    new = NewRun(
+        id=child.id,
+        workflow=child.workflow,
+        version=child.version,
+        input_json=child.input_json,
+        input_hash=child.input_hash,
+        reference_id=None,
+        shard_key=None,
+        parent_id=parent_id,
+        wake_at_ms=None,
+    )
+    try:
+        await _insert_run(tx, new, now_ms)
+    except UniqueViolation:
+        raise errors.conflict(f"run id {child.id!r} is already taken") from None
+
+
+async def _record_task(tx: Tx, run_id: str, t: TaskOutcome, now_ms: int) -> None:
+    if t.id is None:
+        await tx.execute(
+            "INSERT INTO task_calls (run_id, address, name, state, attempts, output, error, retry_at, created_at,"
+            " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            run_id,
+            t.address,
+            t.name,
+            t.state,
+            t.attempts,
+            t.output_json,
+            t.error_json,
+            t.retry_at_ms,
+            now_ms,
+        )
+        return
+    changed = await tx.execute(
+        "UPDATE task_calls SET state = $1, attempts = $2, output = $3, error = $4, retry_at = $5, updated_at = $6"
+        " WHERE id = $7 AND run_id = $8 AND address = $9 AND state = $10",
+        t.state,
+        t.attempts,
+        t.output_json,
+        t.error_json,
+        t.retry_at_ms,
+        now_ms,
+        t.id,
+        run_id,
+        t.address,
+        TaskState.RETRYING.value,
+    )
+    if changed == 0:
+        raise errors.conflict(f"task call {t.id} of run {run_id} is not awaiting a retry")
+
+
+async def _requeue_running(tx: Tx, where: str, arg: Any, now_ms: int, why: str) -> list[str]:
+    rows = await tx.fetch(
+        "UPDATE runs SET state = 'queued', revision = revision + 1, worker_id = NULL, claim_expires_at = NULL,"
+        " ready_at = $1, updated_at = $2 WHERE id IN (SELECT id FROM runs WHERE state = 'running' AND "
+        f"{where} FOR UPDATE SKIP LOCKED) RETURNING id, queue",
+        now_ms,
+        now_ms,
+        arg,
+    )
+    await _history(tx, [r[0] for r in rows], now_ms, RunState.QUEUED, _json_error("ClaimReleased", why))
+    return [r[1] for r in rows]
+
+
+async def _wake(tx: Tx, run_ids: list[str], now_ms: int) -> list[str]:
+    """Something these runs may wait for happened: queue the suspended ones; a running one is
+    flagged so that its worker's next suspension requeues it instead. Returns queues to notify."""
+    rows = await tx.fetch(
+        "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1"
+        " WHERE id = ANY($2) AND state = ANY($3) RETURNING id, queue",
+        now_ms,
+        run_ids,
+        _SUSPENDED,
+    )
+    await _history(tx, [r[0] for r in rows], now_ms, RunState.QUEUED)
+    await tx.execute("UPDATE runs SET wake_requested = 1 WHERE id = ANY($1) AND state = 'running'", run_ids)
+    return [r[1] for r in rows]
+
+
+async def _receive(tx: Tx, wait_id: int, event_id: int, now_ms: int) -> None:
+    await tx.execute(
+        "UPDATE waits SET state = 'received', event_id = $1, resolved_at = $2 WHERE id = $3", event_id, now_ms, wait_id
+    )
+    await tx.execute("UPDATE events SET wait_id = $1 WHERE id = $2", wait_id, event_id)
+
+
+async def _record_wait(tx: Tx, run_id: str, w: NewWait, now_ms: int) -> bool:
+    """Insert a wait the worker recorded. A new pending event wait receives the earliest event of
+    its name that no wait has received yet; returns True when it did (the run must not suspend)."""
+    try:
+        row = await tx.fetchrow(
+            "INSERT INTO waits (run_id, kind, name, seq, state, deadline, created_at, resolved_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            run_id,
+            w.kind,
+            w.name,
+            w.seq,
+            w.state,
+            w.deadline_ms,
+            now_ms,
+            None if w.state == WaitState.PENDING else now_ms,
+        )
+    except UniqueViolation:
+        raise errors.conflict(f"run {run_id} already recorded {w.kind} wait {w.name!r} #{w.seq}") from None
+    wait_id = row[0]
+    if w.kind != WaitKind.EVENT:
+        return False
+    if w.state == WaitState.RECEIVED:
+        changed = await tx.execute(
+            "UPDATE events SET wait_id = $1 WHERE id = $2 AND run_id = $3 AND name = $4 AND wait_id IS NULL",
+            wait_id,
+            w.event_id,
+            run_id,
+            w.name,
+        )
+        if changed == 0:
+            raise errors.conflict(f"event {w.event_id} of run {run_id} is not an unreceived {w.name!r} event")
+        await tx.execute("UPDATE waits SET event_id = $1 WHERE id = $2", w.event_id, wait_id)
+        return False
+    event = await tx.fetchrow(
+        "SELECT id FROM events WHERE run_id = $1 AND name = $2 AND wait_id IS NULL ORDER BY id LIMIT 1", run_id, w.name
+    )
+    if event is None:
+        return False
+    await _receive(tx, wait_id, event[0], now_ms)
+    return True
+
+
+async def _any_finished(tx: Tx, parent_id: str, child_ids: Sequence[str]) -> bool:
+    if not child_ids:
+        return False
+    row = await tx.fetchrow(
+        "SELECT 1 FROM runs WHERE parent_id = $1 AND id = ANY($2) AND state = ANY($3) LIMIT 1",
+        parent_id,
+        list(child_ids),
+        _TERMINAL,
+    )
+    return row is not None
+
+
+async def _cancel_tree(tx: Tx, run_id: str, reason: str, now_ms: int) -> Effects:
+    """Cancel the run and its unfinished descendants, waking a parent that may await the run."""
+    row = await tx.fetchrow("SELECT parent_id FROM runs WHERE id = $1", run_id)
+    if row is None:
+        raise errors.not_found(f"no run with id {run_id!r}")
+    error = _json_error("RunCancelled", reason)
+    rows = await tx.fetch(
+        "WITH RECURSIVE tree(id) AS (SELECT CAST($1 AS TEXT) UNION ALL"
+        " SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)"
+        " UPDATE runs SET state = 'cancelled', revision = revision + 1, error = $2, worker_id = NULL,"
+        " claim_expires_at = NULL, wake_at = NULL, ready_at = NULL, updated_at = $3"
+        " WHERE id IN (SELECT id FROM tree) AND state = ANY($4) RETURNING id",
+        run_id,
+        error,
+        now_ms,
+        _CANCELLABLE,
+    )
+    effects = Effects(finished=[r[0] for r in rows])
+    await _history(tx, effects.finished, now_ms, RunState.CANCELLED, error)
+    if run_id in effects.finished and row[0] is not None:
+        effects.queued = await _wake(tx, [row[0]], now_ms)
+    return effects
