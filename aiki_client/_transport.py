@@ -1,10 +1,10 @@
 """HTTP calls to the server: JSON in and out, errors mapped to aiki_client exceptions, retries.
 
-Retries: a request that never reached the server (connection refused, DNS, connect timeout) is
-always retried; one that may have reached it (a stale pooled connection dropped mid-request, a read
-timeout) is retried only when it is idempotent. 503 answers are retried. Every server write the SDK
-makes is idempotent by design (client-chosen run ids, checkpoint sequence numbers), so in practice
-only claims are not retried.
+Retries: a request that never reached the server (connection refused, connect timeout) is always
+retried; one that may have reached it (a kept-alive connection dropped mid-request, no answer in
+time) is retried only when it is idempotent. 503 answers are retried. Every write the SDK makes is
+idempotent by design (client-chosen run ids, checkpoint sequence numbers), so in practice only
+claims are not retried.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 import random
 import time
 from typing import Any
+from urllib.parse import urlencode
 
-import httpx
-
+from ._http import ConnectionLost, HttpClient, NotSent, Response
 from .errors import AikiError, Conflict, InvalidRequest, NotFound, ServerUnavailable, Unauthorized
-from .wire import ErrorCode
+from .wire import MAX_WAIT_MS, ErrorCode
 
 _BY_STATUS: dict[int, type[AikiError]] = {
     400: InvalidRequest,
@@ -29,8 +29,8 @@ _BY_STATUS: dict[int, type[AikiError]] = {
     413: InvalidRequest,
     422: InvalidRequest,
 }
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_MAYBE_SENT = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadTimeout)
+# Longest a request may go unanswered: a long-poll is held up to MAX_WAIT_MS by the server.
+_RESPONSE_TIMEOUT_S = MAX_WAIT_MS / 1000 + 30
 
 
 class Transport:
@@ -40,12 +40,7 @@ class Transport:
             headers["authorization"] = f"Bearer {api_key}"
         self.url = url.rstrip("/")
         self.retry_for_s = retry_for_s
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=httpx.Timeout(10.0, read=60.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
-        )
+        self._http = HttpClient(self.url, headers)
 
     async def request(
         self,
@@ -58,43 +53,45 @@ class Transport:
         retry_for_s: float | None = None,
     ) -> Any:
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        if params:
+            path = f"{path}?{urlencode(params)}"
         deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)
         delay = 0.05
         while True:
             try:
-                resp = await self._http.request(method, path, content=content, params=params)
-            except _NOT_SENT as exc:
-                failure: str = f"cannot reach the aiki server at {self.url}: {exc!r}"
-            except _MAYBE_SENT as exc:
+                resp = await self._http.request(method, path, content, _RESPONSE_TIMEOUT_S)
+            except NotSent as exc:
+                failure = f"cannot reach the aiki server at {self.url}: {exc}"
+            except ConnectionLost as exc:
                 if not idempotent:
-                    raise ServerUnavailable(f"{method} {path}: connection lost: {exc!r}") from exc
-                failure = f"{method} {path}: connection lost: {exc!r}"
+                    raise ServerUnavailable(f"{method} {path}: connection lost: {exc}") from exc
+                failure = f"{method} {path}: connection lost: {exc}"
             else:
-                if resp.status_code < 400:
-                    return json.loads(resp.content) if resp.content else None
-                if resp.status_code != 503:
+                if resp.status < 400:
+                    return json.loads(resp.body) if resp.body else None
+                if resp.status != 503:
                     raise _error_from(resp)
-                failure = f"{method} {path}: server unavailable: {resp.text[:200]}"
+                failure = f"{method} {path}: server unavailable: {resp.body[:200].decode(errors='replace')}"
             if time.monotonic() + delay > deadline:
                 raise ServerUnavailable(failure)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 1.0)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
 
-def _error_from(resp: httpx.Response) -> AikiError:
+def _error_from(resp: Response) -> AikiError:
     code: str | None = None
-    message = resp.text[:500]
+    message = resp.body[:500].decode(errors="replace")
     try:
-        err = json.loads(resp.content)["error"]
+        err = json.loads(resp.body)["error"]
         code, message = err["code"], err["message"]
     except (ValueError, KeyError, TypeError):
         pass
-    cls = _BY_STATUS.get(resp.status_code)
+    cls = _BY_STATUS.get(resp.status)
     if cls is None:
-        cls = ServerUnavailable if resp.status_code >= 500 else InvalidRequest
+        cls = ServerUnavailable if resp.status >= 500 else InvalidRequest
     exc = cls(message)
-    exc.code = code or (ErrorCode.INTERNAL if resp.status_code >= 500 else None)
+    exc.code = code or (ErrorCode.INTERNAL if resp.status >= 500 else None)
     return exc

@@ -72,6 +72,24 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_WAIT_MS = 30_000
 
 
+# Redis Streams delivery: one stream per workflow name + version (+ shard), one consumer group.
+STREAM_PREFIX = "aiki:stream:"
+CONSUMER_GROUP = "aiki-workers"
+# Server → servers notifications (runs queued or finished), for long-polls held by another server.
+NOTIFY_CHANNEL = "aiki:notify"
+
+
+def stream_name(queue: str) -> str:
+    """The Redis stream of a queue (`workflow\x1fversion[\x1fshard]`)."""
+    return STREAM_PREFIX + queue
+
+
+def queue_key(workflow: str, version: str, shard_key: str | None = None) -> str:
+    """Where a ready run waits: one queue per workflow name + version (+ shard)."""
+    key = f"{workflow}\x1f{version}"
+    return key if shard_key is None else f"{key}\x1f{shard_key}"
+
+
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: equal values give equal text.
 

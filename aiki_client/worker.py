@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._replay import Fenced, RunExecution, TaskRecord, WaitRecord
 from .errors import AikiError, Conflict
 from .subscribers.polling import PollingOptions, PollingSubscriber
-from .wire import API_PREFIX, ErrorCode
+from .wire import API_PREFIX, ErrorCode, queue_key
 
 if TYPE_CHECKING:
     from .client import Client
@@ -107,18 +107,35 @@ class WorkerHandle:
         self.runs_finished = 0
 
     def _make_subscriber(self) -> Subscriber:
-        options = dict(self.definition.subscriber or {"type": "polling"})
-        kind = options.pop("type")
-        options.pop("claim_min_idle_time_ms", None)
-        options.pop("block_time_ms", None)
-        if kind == "redis_streams":
-            raise ValueError("the redis_streams subscriber needs a server in production mode (not available yet)")
-        return PollingSubscriber(
+        options = dict(self.definition.subscriber or {})
+        kind = options.pop("type", "redis_streams" if self._client.redis_url else "polling")
+        workflows = [{"name": n, "version": v} for n, v in self._registry]
+        shard_keys = list(self.definition.shard_keys) if self.definition.shard_keys is not None else None
+        streams_options = {k: options.pop(k) for k in ("claim_min_idle_time_ms", "block_time_ms") if k in options}
+        polling = PollingSubscriber(
             self._transport,
             worker_id=self.instance_id,
-            workflows=[{"name": n, "version": v} for n, v in self._registry],
-            shard_keys=list(self.definition.shard_keys) if self.definition.shard_keys is not None else None,
+            workflows=workflows,
+            shard_keys=shard_keys,
             options=PollingOptions(**options),
+        )
+        if kind == "polling":
+            return polling
+        if not self._client.redis_url:
+            raise ValueError("the redis_streams subscriber needs a client connected with redis=...")
+        from .subscribers.redis_streams import RedisStreamsOptions, RedisStreamsSubscriber
+
+        queues = [
+            queue_key(n, v, s) for n, v in self._registry for s in (shard_keys if shard_keys is not None else [None])
+        ]
+        return RedisStreamsSubscriber(
+            self._transport,
+            self._client.redis_url,
+            worker_id=self.instance_id,
+            workflows=workflows,
+            queues=queues,
+            options=RedisStreamsOptions(**streams_options),
+            fallback=polling,
         )
 
     @property
@@ -200,6 +217,7 @@ class WorkerHandle:
             entry = self._active.get(run_id)
             if entry is not None and entry.revision == revision:
                 del self._active[run_id]
+                await self._subscriber.done(run_id)
             self._slot_freed.set()
 
     async def _heartbeat_loop(self) -> None:
@@ -209,6 +227,7 @@ class WorkerHandle:
             if not self._active:
                 continue
             runs = [{"id": rid, "revision": a.revision} for rid, a in self._active.items()]
+            await self._subscriber.refresh(list(self._active))
             try:
                 answer = await self._transport.request(
                     "POST",

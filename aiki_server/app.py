@@ -23,9 +23,10 @@ from sanic.response import HTTPResponse
 from aiki_client.wire import API_PREFIX, MAX_BODY_BYTES, MAX_WAIT_MS, ErrorCode
 
 from . import errors
-from .api import health, openapi, runs, schedules, workers
+from .api import health, listing, openapi, runs, schedules, workers
 from .api._respond import json_response
 from .config import ServerConfig
+from .delivery import RedisDelivery
 from .notifier import Notifier
 from .services.runs import RunService
 from .services.schedules import ScheduleService
@@ -58,7 +59,7 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
     app.config.TOUCHUP = False
     app.config.NOISY_EXCEPTIONS = False
     app.ctx.config = config
-    for bp in (runs.bp, runs.events_bp, schedules.bp, workers.bp, health.bp, openapi.bp):
+    for bp in (runs.bp, runs.events_bp, listing.bp, schedules.bp, workers.bp, health.bp, openapi.bp):
         app.blueprint(bp)
 
     if config.api_key:
@@ -82,7 +83,12 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
 
     @app.before_server_start
     async def open_state(app: Sanic[Any, Any]) -> None:
-        store = open_store(config.database_url)
+        store = open_store(
+            config.database_url,
+            pool_min_size=config.db_pool_min_size,
+            pool_max_size=config.db_pool_max_size,
+            command_timeout_s=config.db_command_timeout_ms / 1000,
+        )
         await store.open()
         notifier = Notifier()
         timers = Timers(store, notifier, sweep_interval_s=config.sweep_interval_ms / 1000)
@@ -93,9 +99,17 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
         app.ctx.schedules = ScheduleService(store, notifier, timers)
         timers.due_work.append(app.ctx.schedules.fire_due)
         app.ctx.daemon = asyncio.get_running_loop().create_task(timers.run_forever(), name="aiki-timers")
+        app.ctx.delivery = None
+        if config.redis_url:
+            app.ctx.delivery = RedisDelivery(
+                store, notifier, config.redis_url, republish_after_ms=config.republish_after_ms
+            )
+            await app.ctx.delivery.start()
 
     @app.after_server_stop
     async def close_state(app: Sanic[Any, Any]) -> None:
+        if app.ctx.delivery is not None:
+            await app.ctx.delivery.stop()
         app.ctx.daemon.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await app.ctx.daemon
@@ -170,8 +184,6 @@ class Server:
         await self._server.before_start()
         await self._server.after_start()
         log.info("aiki server listening on %s (database %s)", self.url, _redact(self.config.database_url))
-        if self.config.redis_url:
-            log.warning("a Redis URL is set, but this version does not use Redis yet: workers claim over HTTP")
 
     async def stop(self) -> None:
         if self._server is None:

@@ -23,9 +23,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--port", type=int, help="port, 0 for any free one (AIKI_PORT, default 9090)")
     parser.add_argument(
         "--database-url",
-        help="sqlite:///path/to/file.db (AIKI_DATABASE_URL, default sqlite:///./aiki.db)",
+        help="sqlite:///path/to/file.db or postgresql://user@host/db (AIKI_DATABASE_URL, default sqlite:///./aiki.db)",
     )
-    parser.add_argument("--redis-url", help="redis://host:port (AIKI_REDIS_URL, default unset: no Redis)")
+    parser.add_argument(
+        "--redis-url", help="redis://host:port: deliver runs through Redis Streams (AIKI_REDIS_URL, default unset)"
+    )
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (AIKI_API_KEY)")
     parser.add_argument(
         "--claim-idle-timeout-ms",

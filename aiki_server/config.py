@@ -19,6 +19,12 @@ class ServerConfig:
     claim_idle_timeout_ms: int = 90_000
     # How often the timer daemon sweeps for due deadlines and idle claims it was not told about.
     sweep_interval_ms: int = 1_000
+    # PostgreSQL connection pool.
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 20
+    db_command_timeout_ms: int = 30_000
+    # Redis delivery: publish a ready run again if nobody claimed it this long after (doubling).
+    republish_after_ms: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -27,6 +33,14 @@ class ServerConfig:
             raise ValueError(f"claim_idle_timeout_ms must be >= 100, got {self.claim_idle_timeout_ms}")
         if self.sweep_interval_ms < 10:
             raise ValueError(f"sweep_interval_ms must be >= 10, got {self.sweep_interval_ms}")
+        if not 1 <= self.db_pool_min_size <= self.db_pool_max_size:
+            raise ValueError("need 1 <= db_pool_min_size <= db_pool_max_size")
+        if self.republish_after_ms < 100 or self.db_command_timeout_ms < 100:
+            raise ValueError("republish_after_ms and db_command_timeout_ms must be >= 100")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"database URL must start with sqlite:/// or postgresql://, got {self.database_url!r}")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"Redis URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
@@ -51,4 +65,8 @@ _ENV: list[tuple[str, str, type]] = [
     ("api_key", "AIKI_API_KEY", str),
     ("claim_idle_timeout_ms", "AIKI_CLAIM_IDLE_TIMEOUT_MS", int),
     ("sweep_interval_ms", "AIKI_SWEEP_INTERVAL_MS", int),
+    ("db_pool_min_size", "AIKI_DB_POOL_MIN_SIZE", int),
+    ("db_pool_max_size", "AIKI_DB_POOL_MAX_SIZE", int),
+    ("db_command_timeout_ms", "AIKI_DB_COMMAND_TIMEOUT_MS", int),
+    ("republish_after_ms", "AIKI_REPUBLISH_AFTER_MS", int),
 ]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class Notifier:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # Called with the keys of every local notification (the Redis publisher and bus listen).
+        self.listeners: list[Callable[[set[str]], None]] = []
 
     async def wait(self, keys: Iterable[str], timeout: float) -> None:
         """Return when any key is notified, or after `timeout` seconds."""
@@ -33,10 +35,18 @@ class Notifier:
                         del self._waiters[key]
 
     def notify(self, key: str) -> None:
-        for future in self._waiters.pop(key, ()):
-            if not future.done():
-                future.set_result(None)
+        self.notify_all([key])
 
     def notify_all(self, keys: Iterable[str]) -> None:
-        for key in set(keys):
-            self.notify(key)
+        keys = set(keys)
+        if keys:
+            self.wake_local(keys)
+            for listener in self.listeners:
+                listener(keys)
+
+    def wake_local(self, keys: Iterable[str]) -> None:
+        """Wake this process's waiters only (for notifications that came from another server)."""
+        for key in keys:
+            for future in self._waiters.pop(key, ()):
+                if not future.done():
+                    future.set_result(None)

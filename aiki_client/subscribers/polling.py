@@ -71,5 +71,11 @@ class PollingSubscriber:
         runs: list[dict[str, Any]] = answer["runs"]
         return runs
 
+    async def done(self, run_id: str) -> None:
+        pass
+
+    async def refresh(self, run_ids: list[str]) -> None:
+        pass
+
     async def close(self) -> None:
         pass

@@ -50,12 +50,83 @@ DOCUMENT: dict[str, Any] = {
     "security": [{"bearer": []}],
     "paths": {
         "/v1/runs": {
+            "get": {
+                "summary": "List runs, newest first, filtered and paged (pass next_cursor back as cursor)",
+                "parameters": [
+                    {"name": "workflow", "in": "query", "schema": _NAME},
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "description": "one or more run states, repeated or comma-separated",
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "reference_id", "in": "query", "schema": {"type": "string", "maxLength": 256}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "runs": {"type": "array", "items": _ref("Run")},
+                                "next_cursor": {"type": ["string", "null"], "description": "null on the last page"},
+                            },
+                        }
+                    ),
+                    **_ERRORS,
+                },
+            },
             "post": {
                 "summary": "Start a run (idempotent by id and by workflow + reference_id)",
                 "requestBody": _body(_ref("StartRun")),
                 "responses": {
                     "201": _ok(_ref("Run"), "Started"),
                     "200": _ok(_ref("Run"), "Already started: the existing run"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/v1/workflows": {
+            "get": {
+                "summary": "Workflows that have runs: versions and run counts by state",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "workflows": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "total": {"type": "integer"},
+                                            "counts": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "integer"},
+                                                "description": "run state -> number of runs",
+                                            },
+                                            "versions": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "version": {"type": "string"},
+                                                        "total": {"type": "integer"},
+                                                        "counts": {
+                                                            "type": "object",
+                                                            "additionalProperties": {"type": "integer"},
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    },
+                                }
+                            },
+                        }
+                    ),
                     **_ERRORS,
                 },
             }

@@ -40,9 +40,12 @@ async def claim(request: Request) -> HTTPResponse:
             queues.append(queue_key(name, version))
     if not queues:
         raise errors.invalid("'workflows' must name at least one workflow version")
-    max_runs = p.integer(body, "max_runs", minimum=1, maximum=_MAX_CLAIM) or 1
+    run_ids = None
+    if "run_ids" in body:
+        run_ids = [p.required_text({"run_id": r}, "run_id") for r in p.array(body, "run_ids", max_items=_MAX_CLAIM)]
+    max_runs = p.integer(body, "max_runs", minimum=1, maximum=_MAX_CLAIM) or (len(run_ids) if run_ids else 1)
     wait_ms = p.integer(body, "wait_ms", maximum=MAX_WAIT_MS) or 0
-    claimed = await _service(request).claim(worker_id, queues, max_runs, wait_ms)
+    claimed = await _service(request).claim(worker_id, queues, max_runs, wait_ms, run_ids)
     return json_response(
         {
             "runs": [

@@ -26,12 +26,17 @@ class WorkerService:
         self._timers = timers
         self._claim_idle_timeout_ms = claim_idle_timeout_ms
 
-    async def claim(self, worker_id: str, queues: list[str], max_runs: int, wait_ms: int) -> list[Claimed]:
-        """Claim up to `max_runs` ready runs from `queues`, waiting up to `wait_ms` for one."""
+    async def claim(
+        self, worker_id: str, queues: list[str], max_runs: int, wait_ms: int, run_ids: list[str] | None = None
+    ) -> list[Claimed]:
+        """Claim up to `max_runs` ready runs from `queues` (only `run_ids`, when given: runs a
+        worker read from a stream), waiting up to `wait_ms` for one."""
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             now = now_ms()
-            claimed = await self._store.claim_runs(worker_id, queues, max_runs, now, now + self._claim_idle_timeout_ms)
+            claimed = await self._store.claim_runs(
+                worker_id, queues, max_runs, now, now + self._claim_idle_timeout_ms, run_ids
+            )
             remaining = deadline - time.monotonic()
             if claimed or remaining <= 0:
                 return claimed

@@ -7,17 +7,12 @@ than after tables, so each step of a run costs one round trip to the database. I
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiki_client.wire import RunState
-
-
-def queue_key(workflow: str, version: str, shard_key: str | None = None) -> str:
-    """Where a ready run waits: one queue per workflow name + version (+ shard)."""
-    key = f"{workflow}\x1f{version}"
-    return key if shard_key is None else f"{key}\x1f{shard_key}"
+from aiki_client.wire import queue_key as queue_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +164,27 @@ class Store(Protocol):
     async def list_tasks(self, run_id: str) -> list[dict[str, Any]]: ...
 
     async def claim_runs(
-        self, worker_id: str, queues: list[str], limit: int, now_ms: int, claim_expires_at_ms: int
-    ) -> list[Claimed]: ...
+        self,
+        worker_id: str,
+        queues: list[str],
+        limit: int,
+        now_ms: int,
+        claim_expires_at_ms: int,
+        run_ids: Sequence[str] | None = None,
+    ) -> list[Claimed]:
+        """Claim the oldest ready runs of `queues` (or just `run_ids`, if still ready there)."""
+        ...
+
+    async def publish_ready(
+        self,
+        now_ms: int,
+        republish_after_ms: int,
+        limit: int,
+        publish: Callable[[list[tuple[str, str]]], Awaitable[None]],
+    ) -> int:
+        """Hand ready runs not yet published (or whose message may be lost) to `publish`, and
+        mark them published in the same transaction; returns how many."""
+        ...
 
     async def checkpoint(
         self,

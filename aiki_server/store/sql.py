@@ -12,7 +12,7 @@ This is the only module (with the backends' migrations) that knows SQL. It never
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -127,13 +127,22 @@ class SqlStore:
     # -- claims -----------------------------------------------------------------------------------
 
     async def claim_runs(
-        self, worker_id: str, queues: list[str], limit: int, now_ms: int, claim_expires_at_ms: int
+        self,
+        worker_id: str,
+        queues: list[str],
+        limit: int,
+        now_ms: int,
+        claim_expires_at_ms: int,
+        run_ids: Sequence[str] | None = None,
     ) -> list[Claimed]:
         async with self.backend.transaction() as tx:
+            # Either the oldest ready runs of these queues, or (a message read from a stream) these
+            # very runs, if they are still ready and in one of the worker's queues.
+            which = "" if run_ids is None else " AND id = ANY($6)"
             rows = await tx.fetch(
                 "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = $1, claim_expires_at = $2,"
                 " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = $3"
-                " WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4)"
+                f" WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4){which}"
                 " ORDER BY ready_at LIMIT $5 FOR UPDATE SKIP LOCKED)"
                 f" RETURNING {_RUN_COLUMNS}",
                 worker_id,
@@ -141,6 +150,7 @@ class SqlStore:
                 now_ms,
                 queues,
                 limit,
+                *([] if run_ids is None else [list(run_ids)]),
             )
             if not rows:
                 return []
@@ -246,8 +256,8 @@ class SqlStore:
                 )
             await tx.execute(
                 "UPDATE runs SET state = $1, output = $2, error = $3, wake_at = $4, attempts = attempts + $5,"
-                " ready_at = $6, worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = $7, updated_at = $8"
-                " WHERE id = $9",
+                " ready_at = $6, worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = $7, updated_at = $8,"
+                " announced_at = NULL, announce_count = 0 WHERE id = $9",
                 next_state.value,
                 then.output_json,
                 then.error_json,
@@ -291,8 +301,8 @@ class SqlStore:
     async def promote_due(self, now_ms: int) -> list[str]:
         async with self.backend.transaction() as tx:
             rows = await tx.fetch(
-                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1"
-                " WHERE id IN (SELECT id FROM runs WHERE wake_at <= $1 AND state = ANY($2)"
+                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1, announced_at = NULL,"
+                " announce_count = 0 WHERE id IN (SELECT id FROM runs WHERE wake_at <= $1 AND state = ANY($2)"
                 " ORDER BY wake_at LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING id, queue",
                 now_ms,
                 _TIMED,
@@ -306,6 +316,38 @@ class SqlStore:
                 "SELECT MIN(wake_at) FROM runs WHERE wake_at IS NOT NULL AND state = ANY($1)", _TIMED
             )
         return row[0] if row else None
+
+    async def publish_ready(
+        self,
+        now_ms: int,
+        republish_after_ms: int,
+        limit: int,
+        publish: Callable[[list[tuple[str, str]]], Awaitable[None]],
+    ) -> int:
+        """Hand ready runs to `publish` (their (id, queue)) and mark them published, in one
+        transaction: if publishing fails, nothing is marked. A run is published when it has not been
+        since it was queued, or again when its last message may be lost (Redis flushed or restarted):
+        `republish_after_ms` after the last time, doubling with each republication up to 64×."""
+        async with self.backend.transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT id, queue FROM runs WHERE state = 'queued' AND (announced_at IS NULL"
+                " OR announced_at < CAST($1 AS BIGINT) - CAST($2 AS BIGINT) * (CASE WHEN announce_count > 6 THEN 64"
+                " ELSE 1 << announce_count END))"
+                " ORDER BY ready_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+                now_ms,
+                republish_after_ms,
+                limit,
+            )
+            if not rows:
+                return 0
+            ready = [(r[0], r[1]) for r in rows]
+            await publish(ready)
+            await tx.execute(
+                "UPDATE runs SET announced_at = $1, announce_count = announce_count + 1 WHERE id = ANY($2)",
+                now_ms,
+                [run_id for run_id, _ in ready],
+            )
+            return len(ready)
 
     # -- what happens to a run from outside ------------------------------------------------------
 
@@ -382,8 +424,8 @@ class SqlStore:
                 raise errors.conflict(f"run {run_id} is {state}, not paused")
             # Replay re-derives what the run waits for; deadlines still pending suspend it again.
             row = await tx.fetchrow(
-                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1 WHERE id = $2"
-                " RETURNING queue",
+                "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1, announced_at = NULL,"
+                " announce_count = 0 WHERE id = $2 RETURNING queue",
                 now_ms,
                 run_id,
             )
@@ -691,7 +733,7 @@ async def _record_task(tx: Tx, run_id: str, t: TaskOutcome, now_ms: int) -> None
 async def _requeue_running(tx: Tx, where: str, arg: Any, now_ms: int, why: str) -> list[str]:
     rows = await tx.fetch(
         "UPDATE runs SET state = 'queued', revision = revision + 1, worker_id = NULL, claim_expires_at = NULL,"
-        " ready_at = $1, updated_at = $2 WHERE id IN (SELECT id FROM runs WHERE state = 'running' AND "
+        " ready_at = $1, updated_at = $2, announced_at = NULL, announce_count = 0 WHERE id IN (SELECT id FROM runs WHERE state = 'running' AND "
         f"{where} FOR UPDATE SKIP LOCKED) RETURNING id, queue",
         now_ms,
         now_ms,
@@ -705,8 +747,8 @@ async def _wake(tx: Tx, run_ids: list[str], now_ms: int) -> list[str]:
     """Something these runs may wait for happened: queue the suspended ones; a running one is
     flagged so that its worker's next suspension requeues it instead. Returns queues to notify."""
     rows = await tx.fetch(
-        "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1"
-        " WHERE id = ANY($2) AND state = ANY($3) RETURNING id, queue",
+        "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1, announced_at = NULL,"
+        " announce_count = 0 WHERE id = ANY($2) AND state = ANY($3) RETURNING id, queue",
         now_ms,
         run_ids,
         _SUSPENDED,

@@ -125,4 +125,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX schedules_due ON schedules (next_fire_at) WHERE state = 'active';
         """,
     ),
+    (
+        4,
+        """
+        -- Redis delivery: when a queued run was last published to its stream, and how often.
+        ALTER TABLE runs ADD COLUMN announced_at INTEGER;
+        ALTER TABLE runs ADD COLUMN announce_count INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX runs_unannounced ON runs (announced_at) WHERE state = 'queued';
+        """,
+    ),
 ]
