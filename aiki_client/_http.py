@@ -104,9 +104,9 @@ class HttpClient:
         return _Connection(reader, writer)
 
     async def _exchange(self, conn: _Connection, method: str, path: str, body: bytes | None) -> tuple[Response, bool]:
-        payload = body or b""
-        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n{self._headers}content-length: {len(payload)}\r\n\r\n"
-        conn.writer.write(head.encode() + payload)
+        body_length = "" if body is None else f"content-length: {len(body)}\r\n"
+        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n{self._headers}{body_length}\r\n"
+        conn.writer.write(head.encode() + (body or b""))
         await conn.writer.drain()
         status_line = await conn.reader.readuntil(b"\r\n")
         parts = status_line.split(b" ", 2)

@@ -294,6 +294,9 @@ class RunExecution:
         if steps < QUIET_STEPS:
             asyncio.get_running_loop().call_soon(self._quiet_step, steps + 1, progress)
             return
+        self._judge_held()
+
+    def _judge_held(self, *, ended: bool = False) -> None:
         held, self._held = self._held, []
         for call, task_id in held:
             unconsumed = self._matcher.unconsumed_by_name[call.name]
@@ -305,7 +308,7 @@ class RunExecution:
                 )
                 self._nondeterminism = self._nondeterminism or err
                 _fail(call.future, err)
-            else:
+            elif not ended:  # once the workflow has ended, a call it no longer awaits is not run
                 self._start_fresh(call, task_id)
 
     def _replay(self, call: _Call, rec: TaskRecord, task_id: str) -> None:
@@ -541,6 +544,8 @@ class RunExecution:
             raise
         if self._lost is not None:
             raise self._lost
+        # The workflow has ended: nothing can consume records any more, so judge held calls now.
+        self._judge_held(ended=True)
         then = self._next_state(output, error)
         await self.flush(then)
         return then
@@ -623,15 +628,17 @@ class WorkflowRun:
         """Sleep durably: the run is suspended and no worker is held until the time comes.
         Sleeps are matched by name and call order; a finished sleep returns at once on replay."""
         delta = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=milliseconds)
-        await self._execution.sleep(_wait_name(name), int(delta.total_seconds() * 1000))
+        await self._execution.sleep(_wait_name(name), delta // timedelta(milliseconds=1))
 
     async def wait_for_event(self, name: str, timeout: timedelta | float | None = None) -> EventResult:
         """Wait durably for the run's next event called `name` (timeout: timedelta or seconds).
         An event sent before the wait is kept for it; `received` is False if the timeout came first."""
         timeout_ms = None
         if timeout is not None:
-            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-            timeout_ms = int(seconds * 1000)
+            if isinstance(timeout, timedelta):
+                timeout_ms = timeout // timedelta(milliseconds=1)
+            else:
+                timeout_ms = round(float(timeout) * 1000)
         return await self._execution.wait_for_event(_wait_name(name), timeout_ms)
 
     def __repr__(self) -> str:

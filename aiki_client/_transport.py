@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from ._http import ConnectionLost, HttpClient, NotSent, Response
 from .errors import AikiError, Conflict, InvalidRequest, NotFound, ServerUnavailable, Unauthorized
-from .wire import MAX_WAIT_MS, ErrorCode
+from .wire import MAX_BODY_BYTES, MAX_WAIT_MS, ErrorCode
 
 _BY_STATUS: dict[int, type[AikiError]] = {
     400: InvalidRequest,
@@ -53,6 +53,8 @@ class Transport:
         retry_for_s: float | None = None,
     ) -> Any:
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        if content is not None and len(content) > MAX_BODY_BYTES:
+            raise InvalidRequest(f"{method} {path}: the request is {len(content)} bytes, over {MAX_BODY_BYTES}")
         if params:
             path = f"{path}?{urlencode(params)}"
         deadline = time.monotonic() + (self.retry_for_s if retry_for_s is None else retry_for_s)

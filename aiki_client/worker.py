@@ -160,7 +160,14 @@ class WorkerHandle:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            for claim in await self._subscriber.claim(free):
+            try:
+                claims = await self._subscriber.claim(free)
+            except Exception:
+                # Never let one bad answer stop the worker: log, pause, take work again.
+                log.exception("claiming work failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            for claim in claims:
                 self._begin(claim)
 
     def _begin(self, claim: dict[str, Any]) -> None:

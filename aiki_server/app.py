@@ -51,7 +51,9 @@ _SANIC_STATUS_CODES = {
 
 def create_app(config: ServerConfig) -> Sanic[Any, Any]:
     app: Sanic[Any, Any] = Sanic(f"aiki_{next(_app_numbers)}", configure_logging=False)
-    app.config.REQUEST_MAX_SIZE = MAX_BODY_BYTES
+    # Bodies up to 4× the limit are read in full and refused with a JSON 413 (a client that sends
+    # its whole body first then reads the answer); beyond that Sanic cuts the connection.
+    app.config.REQUEST_MAX_SIZE = 4 * MAX_BODY_BYTES
     app.config.RESPONSE_TIMEOUT = MAX_WAIT_MS / 1000 + 30  # long-polls are held up to MAX_WAIT_MS
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.ACCESS_LOG = False
@@ -63,14 +65,14 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
         app.blueprint(bp)
 
     if config.api_key:
-        expected = f"Bearer {config.api_key}".encode()
+        expected = config.api_key.encode()
 
         @app.on_request
         async def authenticate(request: Request) -> HTTPResponse | None:
             if not request.path.startswith(API_PREFIX):
                 return None
-            given = (request.headers.get("authorization") or "").encode()
-            if hmac.compare_digest(given, expected):
+            scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected):
                 return None
             return json_response(
                 errors.ApiError(
@@ -179,9 +181,13 @@ class Server:
         sock = _bind(self.config.host, self.config.port)
         self.port = sock.getsockname()[1]
         self.app = create_app(self.config)
-        self._server = await self.app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+        # Accept connections only once the store is open: no request may find the app half started.
+        self._server = await self.app.create_server(
+            sock=sock, return_asyncio_server=True, access_log=False, asyncio_server_kwargs={"start_serving": False}
+        )
         await self._server.startup()
         await self._server.before_start()
+        await self._server.start_serving()
         await self._server.after_start()
         log.info("aiki server listening on %s (database %s)", self.url, _redact(self.config.database_url))
 

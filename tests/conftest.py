@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import uuid
@@ -12,7 +13,7 @@ import pytest
 from aiki_client import Client, connect
 from aiki_server import Server
 
-from .procs import ServerProcess, WorkerProcess
+from .procs import RedisProcess, ServerProcess, WorkerProcess
 
 PG_ADMIN_URL = os.environ.get("AIKI_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -60,26 +61,59 @@ def effects_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def server_process(tmp_path: Path, db_url: str) -> Iterator[ServerProcess]:
-    """A real `aiki-server` process on a fresh SQLite file (claims idle for 1.5 s are released)."""
-    srv = ServerProcess(
-        db_url,
-        log_path=tmp_path / "server.log",
-        AIKI_CLAIM_IDLE_TIMEOUT_MS="1500",
-        AIKI_SWEEP_INTERVAL_MS="200",
-    ).start()
-    yield srv
-    srv.stop()
+# The two ways aiki runs: embedded (SQLite, workers claim over HTTP) and production (PostgreSQL,
+# runs delivered through Redis Streams). End-to-end tests run in both.
+MODES = ["sqlite", "postgres+redis"]
+_redis_databases = itertools.cycle(range(16))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A Redis of the test session's own (flushed by each test that uses it)."""
+    r = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield r
+    r.stop()
+
+
+@contextlib.contextmanager
+def server_in_mode(
+    mode: str, workdir: Path, redis: RedisProcess, log_name: str = "server.log", **env: str
+) -> Iterator[ServerProcess]:
+    """A server process in `mode` on a fresh database (and a flushed Redis)."""
+    with contextlib.ExitStack() as stack:
+        if mode == "sqlite":
+            database_url, redis_url = f"sqlite:///{workdir / 'aiki.db'}", None
+        else:
+            # Each server gets a Redis database of its own: one test's Redis chaos stays its own.
+            db = next(_redis_databases)
+            database_url, redis_url = stack.enter_context(fresh_pg_database()), f"{redis.url}/{db}"
+            redis.cli("-n", str(db), "FLUSHDB")
+        srv = ServerProcess(database_url, log_path=workdir / log_name, redis_url=redis_url, **env).start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture(params=MODES)
+def server_process(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisProcess
+) -> Iterator[ServerProcess]:
+    """A real `aiki-server` process on a fresh database (claims idle for 1.5 s are released)."""
+    with server_in_mode(
+        request.param, tmp_path, redis_server, AIKI_CLAIM_IDLE_TIMEOUT_MS="1500", AIKI_SWEEP_INTERVAL_MS="200",
+        AIKI_REPUBLISH_AFTER_MS="1000",
+    ) as srv:  # fmt: skip
+        yield srv
 
 
 @pytest.fixture
 def spawn_worker(tmp_path: Path, effects_dir: Path) -> Iterator[object]:
-    """Start worker processes: `spawn_worker(url, **options)`; all are stopped at the end."""
+    """Start worker processes: `spawn_worker(server, **options)`; all are killed at the end."""
     started: list[WorkerProcess] = []
 
-    def spawn(url: str, **options: str | bool) -> WorkerProcess:
-        w = WorkerProcess(url, log_path=tmp_path / f"worker{len(started)}.log", effects_dir=effects_dir, **options)
+    def spawn(server: ServerProcess, **options: str | bool) -> WorkerProcess:
+        w = WorkerProcess(server, log_path=tmp_path / f"worker{len(started)}.log", effects_dir=effects_dir, **options)
         started.append(w.start())
         return w
 

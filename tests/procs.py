@@ -32,18 +32,30 @@ def child_env(**extra: str) -> dict[str, str]:
 class ServerProcess:
     """`python -m aiki_server` on a fixed port, so it can be killed and restarted in place."""
 
-    def __init__(self, database_url: str, *, log_path: Path, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        log_path: Path,
+        port: int | None = None,
+        redis_url: str | None = None,
+        **env: str,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
+        self.redis_url = redis_url
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         log = open(self.log_path, "ab")
+        args = [sys.executable, "-m", "aiki_server", "--port", str(self.port), "--database-url", self.database_url]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aiki_server", "--port", str(self.port), "--database-url", self.database_url],
+            args,
             env=child_env(**self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -90,10 +102,13 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
 
 
 class WorkerProcess:
-    """`python -m tests.e2e.worker_app` serving the test workflows against a server."""
+    """`python -m tests.e2e.worker_app` serving the test workflows against a server (through its
+    Redis Streams when the server has Redis)."""
 
-    def __init__(self, url: str, *, log_path: Path, effects_dir: Path, **options: str | bool) -> None:
-        self.url = url
+    def __init__(self, server: ServerProcess, *, log_path: Path, effects_dir: Path, **options: str | bool) -> None:
+        self.url = server.url
+        if server.redis_url:
+            options = {"redis": server.redis_url, **options}
         self.log_path = log_path
         self.effects_dir = effects_dir
         self.options = options
@@ -127,3 +142,97 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class RedisProcess:
+    """A Redis server of our own on a free port, which tests may kill and restart (empty)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while (
+            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip() != b"PONG"
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not start")
+            time.sleep(0.02)
+        return self
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, check=True
+        ).stdout.decode()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of our own (initdb in a temp dir, its own port), to restart under load."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.datadir = workdir / "pgdata"
+        self.bindir = Path(
+            subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        )
+        self.url = f"postgresql://aiki@127.0.0.1:{self.port}/aiki"
+        self.log = workdir / "postgres.log"
+
+    def _run(self, *args: str) -> None:
+        # initdb and pg_ctl refuse to run as root: run them as the postgres user when we are root.
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def init(self) -> PostgresCluster:
+        self.datadir.parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "postgres", str(self.datadir.parent)], check=True)
+            self.datadir.parent.chmod(0o777)
+        self._run("initdb", "-D", str(self.datadir), "-U", "aiki", "--auth=trust", "-E", "UTF8")
+        self.start()
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "aiki", "aiki"], check=True)
+        return self
+
+    def start(self) -> None:
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-w",
+            "-o", f"-p {self.port} -k {self.datadir.parent} -c listen_addresses=127.0.0.1", "start",
+        )  # fmt: skip
+
+    def restart(self) -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "restart")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")

@@ -67,9 +67,10 @@ class RedisStreamsSubscriber:
         try:
             entries = await self._read(max_runs)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._groups_ready = False  # the streams were deleted (FLUSHALL): recreate the group
+            # NOGROUP / "UNBLOCKED the stream key no longer exists": the streams were deleted (a
+            # FLUSHALL, a Redis restarted empty). Recreate the group; the server republishes.
+            log.info("Redis streams reset (%s): recreating the consumer group", exc)
+            self._groups_ready = False
             return []
         except (RedisError, OSError) as exc:
             log.warning("Redis unavailable (%s): claiming over HTTP for %.0f s", exc, _FALLBACK_S)

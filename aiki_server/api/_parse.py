@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Any
 
 import orjson
 from sanic.request import Request
+
+from aiki_client.wire import MAX_BODY_BYTES, ErrorCode
 
 from .. import errors
 
@@ -15,12 +18,31 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _MAX_NAME = 200
 
 
+# A run of 19+ digits may be an integer beyond 64 bits, which orjson would round to a float.
+_LONG_NUMBER = re.compile(rb"\d{19,}")
+_INT64 = range(-(2**63), 2**64)
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if value not in _INT64:
+        raise errors.invalid(f"integer {text[:30]}… is beyond 64 bits: send it as a string")
+    return value
+
+
 def body_object(request: Request) -> dict[str, Any]:
     if not request.body:
         return {}
+    if len(request.body) > MAX_BODY_BYTES:
+        raise errors.ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        body = orjson.loads(request.body)
-    except orjson.JSONDecodeError as exc:
+        if _LONG_NUMBER.search(request.body):
+            body = json.loads(request.body, parse_int=_exact_int)  # exact, and refuses what it cannot keep
+        else:
+            body = orjson.loads(request.body)
+    except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, errors.ApiError):
+            raise
         raise errors.invalid(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise errors.invalid(f"the request body must be a JSON object, not {type(body).__name__}")

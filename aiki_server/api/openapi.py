@@ -42,6 +42,7 @@ _ERRORS = {
     }.items()
 }
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 200}
 
 DOCUMENT: dict[str, Any] = {
@@ -172,6 +173,105 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": _ok(_ref("Run")), **_ERRORS},
             }
         },
+        "/v1/runs/{run_id}/waits": {
+            "get": {
+                "summary": "The run's sleeps and event waits, with their outcomes",
+                "parameters": [_RUN_ID],
+                "responses": {"200": _ok({"type": "object", "properties": {"waits": {"type": "array"}}}), **_ERRORS},
+            }
+        },
+        "/v1/runs/{run_id}/events": {
+            "post": {
+                "summary": "Send an event to a run (kept until a wait receives it; deduplicated by reference_id)",
+                "parameters": [_RUN_ID],
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": _NAME, "data": {}, "reference_id": {"type": "string", "maxLength": 256}},
+                    }
+                ),
+                "responses": {
+                    "201": _ok({"type": "object"}, "Stored"),
+                    "200": _ok({"type": "object"}, "Already sent with this reference_id"),
+                    **_ERRORS,
+                },
+            }
+        },
+        **{
+            f"/v1/runs/{{run_id}}/{action}": {
+                "post": {
+                    "summary": summary,
+                    "parameters": [_RUN_ID],
+                    "responses": {"200": _ok(_ref("Run")), **_ERRORS},
+                }
+            }
+            for action, summary in (
+                ("wakeup", "End the run's current sleep now"),
+                ("pause", "Pause the run (a worker holding it is fenced out)"),
+                ("resume", "Resume a paused run"),
+            )
+        },
+        "/v1/events/multicast": {
+            "post": {
+                "summary": "Send one event to many runs, by id or by reference id; reports what was sent and what failed",
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": _NAME,
+                            "data": {},
+                            "run_ids": {"type": "array", "items": {"type": "string"}},
+                            "workflow": _NAME,
+                            "reference_ids": {"type": "array", "items": {"type": "string"}},
+                            "reference_id": {"type": "string"},
+                        },
+                    }
+                ),
+                "responses": {"200": _ok({"type": "object", "properties": {"sent": {}, "failed": {}}}), **_ERRORS},
+            }
+        },
+        "/v1/schedules": {
+            "post": {
+                "summary": "Create a schedule (cron + tz, or every_ms); idempotent by reference_id",
+                "requestBody": _body(_ref("CreateSchedule")),
+                "responses": {
+                    "201": _ok(_ref("Schedule"), "Created"),
+                    "200": _ok(_ref("Schedule"), "Already exists with this reference_id"),
+                    **_ERRORS,
+                },
+            },
+            "get": {
+                "summary": "All schedules",
+                "responses": {
+                    "200": _ok({"type": "object", "properties": {"schedules": {"type": "array"}}}),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/v1/schedules/{schedule_id}": {
+            "get": {
+                "summary": "One schedule",
+                "parameters": [_SCHEDULE_ID],
+                "responses": {"200": _ok(_ref("Schedule")), **_ERRORS},
+            },
+            "delete": {
+                "summary": "Delete a schedule",
+                "parameters": [_SCHEDULE_ID],
+                "responses": {"200": _ok({"type": "object"}), **_ERRORS},
+            },
+        },
+        **{
+            f"/v1/schedules/{{schedule_id}}/{action}": {
+                "post": {
+                    "summary": f"{action.capitalize()} a schedule",
+                    "parameters": [_SCHEDULE_ID],
+                    "responses": {"200": _ok(_ref("Schedule")), **_ERRORS},
+                }
+            }
+            for action in ("pause", "resume")
+        },
         "/v1/claims": {
             "post": {
                 "summary": "Worker: claim ready runs (long-poll up to wait_ms)",
@@ -268,6 +368,39 @@ DOCUMENT: dict[str, Any] = {
                     "output": {},
                     "error": {"type": ["object", "null"]},
                     "retry_at_ms": {"type": ["integer", "null"]},
+                },
+            },
+            "CreateSchedule": {
+                "type": "object",
+                "required": ["workflow", "version"],
+                "properties": {
+                    "workflow": _NAME,
+                    "version": _NAME,
+                    "input": {},
+                    "cron": {"type": "string", "description": "5 fields, or 6 with seconds first"},
+                    "tz": {"type": "string", "description": "IANA time zone of the cron expression (default UTC)"},
+                    "every_ms": {"type": "integer", "minimum": 100},
+                    "overlap": {"enum": ["skip", "allow", "cancel_previous"]},
+                    "reference_id": {"type": "string", "maxLength": 256},
+                },
+            },
+            "Schedule": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "workflow": {"type": "string"},
+                    "version": {"type": "string"},
+                    "input": {},
+                    "cron": {"type": ["string", "null"]},
+                    "tz": {"type": ["string", "null"]},
+                    "every_ms": {"type": ["integer", "null"]},
+                    "overlap": {"type": "string"},
+                    "state": {"enum": ["active", "paused"]},
+                    "reference_id": {"type": ["string", "null"]},
+                    "next_fire_at_ms": {"type": ["integer", "null"]},
+                    "last_run_id": {"type": ["string", "null"]},
+                    "fired": {"type": "integer"},
+                    "skipped": {"type": "integer"},
                 },
             },
             "Claim": {

@@ -138,12 +138,14 @@ class SqlStore:
         async with self.backend.transaction() as tx:
             # Either the oldest ready runs of these queues, or (a message read from a stream) these
             # very runs, if they are still ready and in one of the worker's queues.
-            which = "" if run_ids is None else " AND id = ANY($6)"
+            # Named runs wait for a row lock instead of skipping it: the publisher holds it until it
+            # has marked the run published, and the worker may read the message before that.
+            which, lock = ("", "FOR UPDATE SKIP LOCKED") if run_ids is None else (" AND id = ANY($6)", "FOR UPDATE")
             rows = await tx.fetch(
                 "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = $1, claim_expires_at = $2,"
                 " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = $3"
                 f" WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4){which}"
-                " ORDER BY ready_at LIMIT $5 FOR UPDATE SKIP LOCKED)"
+                f" ORDER BY ready_at LIMIT $5 {lock})"
                 f" RETURNING {_RUN_COLUMNS}",
                 worker_id,
                 claim_expires_at_ms,
@@ -230,11 +232,14 @@ class SqlStore:
             for w in waits:
                 received_now = await _record_wait(tx, run_id, w, now_ms) or received_now
             if then is None:
+                # A wait that received its event here is news for the run's next suspension too.
                 await tx.execute(
-                    "UPDATE runs SET checkpoint_seq = $1, claim_expires_at = $2, updated_at = $3 WHERE id = $4",
+                    "UPDATE runs SET checkpoint_seq = $1, claim_expires_at = $2, updated_at = $3,"
+                    " wake_requested = CASE WHEN $4 THEN 1 ELSE wake_requested END WHERE id = $5",
                     seq,
                     claim_expires_at_ms,
                     now_ms,
+                    received_now,
                     run_id,
                 )
                 return effects

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ..procs import ServerProcess, WorkerProcess
+from ..conftest import MODES, server_in_mode
+from ..procs import RedisProcess, ServerProcess, WorkerProcess
 
 
 def effects_of(effects_dir: Path, run_id: str) -> list[dict[str, object]]:
@@ -22,16 +23,15 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
-@pytest.fixture(scope="module")
-def shared_server(shared_dir: Path) -> Iterator[ServerProcess]:
-    """One server process for a module of tests that do not kill anything."""
-    srv = ServerProcess(
-        f"sqlite:///{shared_dir / 'aiki.db'}",
-        log_path=shared_dir / "server.log",
-        AIKI_SWEEP_INTERVAL_MS="200",
-    ).start()
-    yield srv
-    assert srv.stop() == 0, srv.log()
+@pytest.fixture(scope="module", params=MODES)
+def shared_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess
+) -> Iterator[ServerProcess]:
+    """One server process for a module of tests that do not kill anything, in each mode."""
+    workdir = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    with server_in_mode(request.param, workdir, redis_server, AIKI_SWEEP_INTERVAL_MS="200") as srv:
+        yield srv
+        assert srv.stop() == 0, srv.log()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def shared_worker(shared_server: ServerProcess, shared_dir: Path, shared_effects
         ]
     )
     w = WorkerProcess(
-        shared_server.url, log_path=shared_dir / "worker.log", effects_dir=shared_effects, only=only, concurrency="50"
+        shared_server, log_path=shared_dir / "worker.log", effects_dir=shared_effects, only=only, concurrency="50"
     ).start()
     yield w
     assert w.stop() == 0, w.log()

@@ -42,13 +42,13 @@ async def recorded_tasks(url: str, run_id: str) -> list[dict[str, object]]:
 async def test_worker_killed_mid_task_another_finishes(
     server_process: ServerProcess, spawn_worker: SpawnWorker, effects_dir: Path
 ) -> None:
-    victim = spawn_worker(server_process.url, only="steps@1", slow_steps=True)
+    victim = spawn_worker(server_process, only="steps@1", slow_steps=True)
     async with await connect(server_process.url) as aiki:
         handle = await app.steps_v1.start(aiki, {"n": 5, "slow_at": 2, "sleep": 60})
         await wait_for(lambda: 2 in started_steps(effects_dir, handle.id), 15, "step 2 to start")
         victim.kill()
 
-        spawn_worker(server_process.url, only="steps@1")
+        spawn_worker(server_process, only="steps@1")
         assert await handle.wait_for_completion(timeout=20) == [0, 10, 20, 30, 40]
 
     runs_per_step = Counter(started_steps(effects_dir, handle.id))
@@ -63,7 +63,7 @@ async def test_worker_killed_mid_task_another_finishes(
 async def test_server_killed_and_restarted_runs_in_flight_finish(
     server_process: ServerProcess, spawn_worker: SpawnWorker, effects_dir: Path
 ) -> None:
-    spawn_worker(server_process.url, only="steps@1", slow_steps=True, concurrency="20")
+    spawn_worker(server_process, only="steps@1", slow_steps=True, concurrency="20")
     async with await connect(server_process.url) as aiki:
         handles = [await app.steps_v1.start(aiki, {"n": 6, "step_sleep": 0.1}) for _ in range(20)]
         await wait_for(lambda: sum(len(started_steps(effects_dir, h.id)) for h in handles) >= 30, 20, "progress")
@@ -84,14 +84,14 @@ async def test_server_killed_and_restarted_runs_in_flight_finish(
 async def test_fenced_out_worker_writes_are_rejected(
     server_process: ServerProcess, spawn_worker: SpawnWorker, effects_dir: Path
 ) -> None:
-    stale = spawn_worker(server_process.url, only="steps@1", slow_steps=True)
+    stale = spawn_worker(server_process, only="steps@1", slow_steps=True)
     async with await connect(server_process.url) as aiki:
         handle = await app.steps_v1.start(aiki, {"n": 3, "slow_at": 1, "sleep": 3})
         await wait_for(lambda: 1 in started_steps(effects_dir, handle.id), 15, "step 1 to start")
         assert stale.proc is not None
         os.kill(stale.proc.pid, signal.SIGSTOP)  # frozen: no heartbeats, its claim goes idle
         try:
-            spawn_worker(server_process.url, only="steps@1")
+            spawn_worker(server_process, only="steps@1")
             assert await handle.wait_for_completion(timeout=20) == [0, 10, 20]
             finished = await handle.get_status()
         finally:

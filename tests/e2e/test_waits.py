@@ -67,7 +67,7 @@ async def test_hundred_sleeping_runs_wake_within_a_second_of_their_deadline(aiki
 async def test_sleep_survives_a_worker_kill_and_a_server_restart(
     server_process: ServerProcess, spawn_worker: SpawnWorker, effects_dir: Path
 ) -> None:
-    first = spawn_worker(server_process.url, only="sleeper@1")
+    first = spawn_worker(server_process, only="sleeper@1")
     async with await connect(server_process.url) as aiki:
         handle = await app.sleeper_v1.start(aiki, {"seconds": 2.0})
         await wait_for_state(handle, "sleeping")
@@ -75,7 +75,7 @@ async def test_sleep_survives_a_worker_kill_and_a_server_restart(
         server_process.kill()
         await asyncio.sleep(2.5)  # the deadline passes while nothing runs
         server_process.start()
-        spawn_worker(server_process.url, only="sleeper@1")
+        spawn_worker(server_process, only="sleeper@1")
         out = await handle.wait_for_completion(timeout=20)
     assert out["after"] - out["before"] >= 2.0
     # The clock read before the sleep was recorded: it did not run again after the crashes.

@@ -133,5 +133,5 @@ async def test_versions_side_by_side(
     # The shared worker registered only v1: v2 waits for a worker that knows it.
     await asyncio.sleep(0.5)
     assert (await v2.get_status()).state == "queued"
-    spawn_worker(shared_server.url, only="versioned@2")  # type: ignore[operator]
+    spawn_worker(shared_server, only="versioned@2")  # type: ignore[operator]
     assert await v2.wait_for_completion(timeout=15) == "v2"

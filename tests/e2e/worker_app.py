@@ -261,14 +261,23 @@ async def serve(args: argparse.Namespace) -> None:
     if args.only:
         wanted = set(args.only.split(","))
         chosen = [wv for wv in ALL if f"{wv.name}@{wv.version}" in wanted]
-    aiki = await connect(args.url)
+    aiki = await connect(args.url, redis=args.redis or None)
+    subscriber: dict[str, Any] = {
+        "type": "polling",
+        "poll_interval_ms": 50,
+        "max_batch_size": 10,
+        "max_retry_delay_ms": 500,
+    }
+    if args.redis:
+        subscriber = {"type": "redis_streams", "claim_min_idle_time_ms": 1_000, "block_time_ms": 500}
     w = worker(
         id=args.id,
         workflows=chosen,
         max_concurrent_workflow_runs=args.concurrency,
         heartbeat_interval_ms=args.heartbeat_ms,
         graceful_shutdown_timeout_ms=2_000,
-        subscriber={"type": "polling", "poll_interval_ms": 50, "max_batch_size": 10, "max_retry_delay_ms": 500},
+        shard_keys=args.shards.split(",") if args.shards else None,
+        subscriber=subscriber,
     )
     handle = await w.spawn(aiki)
     stop = asyncio.Event()
@@ -290,6 +299,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--heartbeat-ms", type=int, default=300)
     parser.add_argument("--slow-steps", action="store_true")
+    parser.add_argument("--redis", default="", help="Redis URL: use the redis_streams subscriber")
+    parser.add_argument("--shards", default="", help="comma-separated shard keys this worker serves")
     args = parser.parse_args()
     global EFFECTS, SLOW_STEPS
     EFFECTS = Path(args.effects)

@@ -109,3 +109,13 @@ async def test_due_waits_resolve_at_claim(store: Store) -> None:
     assert await store.promote_due(NOW + 1_000) == ["wf\x1f1"]
     [claim] = await store.claim_runs("w1", ["wf\x1f1"], 1, NOW + 1_001, NOW + 60_000)
     assert [w["state"] for w in claim.waits] == ["done", "timed_out", "pending"]
+
+
+async def test_wait_receiving_in_an_intermediate_checkpoint_requeues_the_later_suspension(store: Store) -> None:
+    """The wait is flushed (and receives a stored event) in a checkpoint that does not suspend;
+    the suspension comes in the next checkpoint, which carries no wait: it must requeue."""
+    revision = await claimed_run(store)
+    await store.send_event("r1", "go", '"early"', None, NOW + 1)
+    await store.checkpoint("r1", "w1", revision, 1, [], None, NOW + 2, NOW + 60_000, waits=[pending_event("go")])
+    await store.checkpoint("r1", "w1", revision, 2, [], NextState(RunState.AWAITING_EVENT), NOW + 3, NOW + 60_000)
+    assert (await store.get_run("r1")).state is RunState.QUEUED  # type: ignore[union-attr]

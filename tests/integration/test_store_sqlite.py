@@ -1,0 +1,371 @@
+"""The SQLite store, used directly: its schema, idempotent inserts, claims, compare-and-set
+checkpoints, expired claims, due runs and cancellation."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aiki_client.wire import ErrorCode, RunState, TaskState
+from aiki_server.errors import ApiError
+from aiki_server.store import NewRun, NextState, Store, TaskOutcome, open_store
+from aiki_server.store.sqlite_schema import MIGRATIONS
+
+NOW = 1_800_000_000_000
+LEASE = 60_000
+Q = "wf\x1f1"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{db_path}")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def new_run(
+    run_id: str,
+    *,
+    workflow: str = "wf",
+    input_json: str = "null",
+    reference_id: str | None = None,
+    parent_id: str | None = None,
+    wake_at_ms: int | None = None,
+    version: str = "1",
+) -> NewRun:
+    return NewRun(
+        id=run_id,
+        workflow=workflow,
+        version=version,
+        input_json=input_json,
+        input_hash=f"hash-of-{input_json}",
+        reference_id=reference_id,
+        shard_key=None,
+        parent_id=parent_id,
+        wake_at_ms=wake_at_ms,
+    )
+
+
+def completed_task(name: str = "charge", output: str = '{"ok":true}') -> TaskOutcome:
+    return TaskOutcome(
+        id=None, address=f"{name}:abc", name=name, state=TaskState.COMPLETED.value, attempts=1,
+        output_json=output, error_json=None, retry_at_ms=None,
+    )  # fmt: skip
+
+
+async def claimed(store: Store, run_id: str = "r1", worker: str = "w1", at: int = NOW) -> int:
+    """Insert a run (unless there is one) and claim it; returns the revision the worker holds."""
+    await store.insert_run(new_run(run_id), at)
+    [claim] = await store.claim_runs(worker, [Q], 1, at, at + LEASE, [run_id])
+    return claim.run.revision
+
+
+def error_code(info: pytest.ExceptionInfo[ApiError]) -> ErrorCode:
+    return info.value.code
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def schema(db_path: Path) -> tuple[dict[str, set[str]], set[str], list[int]]:
+    conn = sqlite3.connect(db_path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        columns = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+        indexes = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        }
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    finally:
+        conn.close()
+    return columns, indexes, versions
+
+
+async def test_migrations_create_the_expected_schema(store: Store, db_path: Path) -> None:
+    columns, indexes, versions = schema(db_path)
+    assert {"runs", "task_calls", "run_history", "events", "waits", "schedules", "schema_migrations"} <= set(columns)
+    assert {
+        "id", "workflow", "version", "queue", "state", "revision", "input", "input_hash", "output", "error",
+        "attempts", "reference_id", "shard_key", "parent_id", "wake_at", "ready_at", "worker_id",
+        "claim_expires_at", "checkpoint_seq", "wake_requested", "announced_at", "announce_count",
+        "created_at", "updated_at",
+    } == columns["runs"]  # fmt: skip
+    assert {
+        "id", "run_id", "address", "name", "state", "attempts", "output", "error", "retry_at", "created_at",
+        "updated_at",
+    } == columns["task_calls"]  # fmt: skip
+    assert {"id", "run_id", "at", "state", "detail"} == columns["run_history"]
+    assert {"id", "run_id", "name", "data", "reference_id", "wait_id", "created_at"} == columns["events"]
+    assert {"id", "run_id", "kind", "name", "seq", "state", "deadline", "event_id", "created_at", "resolved_at"} == (
+        columns["waits"]
+    )
+    assert {"version", "applied_at"} == columns["schema_migrations"]
+    assert {
+        "runs_ready", "runs_wake", "runs_claim", "runs_worker", "runs_parent", "runs_unannounced",
+        "task_calls_run", "run_history_run", "events_unreceived", "waits_pending", "schedules_due",
+    } <= indexes  # fmt: skip
+    assert versions == [v for v, _ in MIGRATIONS] and versions[0] == 1
+
+
+async def test_reopening_is_idempotent_and_keeps_data(store: Store, db_path: Path) -> None:
+    await store.insert_run(new_run("kept", input_json='{"a":1}'), NOW)
+    before = schema(db_path)
+    await store.close()
+
+    for _ in range(2):
+        again = open_store(f"sqlite:///{db_path}")
+        await again.open()
+        try:
+            run = await again.get_run("kept")
+            assert run is not None and run.input_json == '{"a":1}'
+        finally:
+            await again.close()
+
+    after = schema(db_path)
+    assert after == before
+    versions = after[2]
+    assert versions.count(1) == 1 and len(versions) == len(set(versions))
+
+
+# -- inserting runs ----------------------------------------------------------------------------
+
+
+async def test_insert_run_is_idempotent_by_id(store: Store) -> None:
+    first, created = await store.insert_run(new_run("r1", input_json="1"), NOW)
+    assert created and first.state is RunState.QUEUED and first.revision == 0
+    again, created = await store.insert_run(new_run("r1", input_json="1"), NOW + 5)
+    assert not created
+    assert again == first
+
+    with pytest.raises(ApiError) as info:
+        await store.insert_run(new_run("r1", input_json="2"), NOW + 6)
+    assert error_code(info) is ErrorCode.CONFLICT
+    with pytest.raises(ApiError) as info:
+        await store.insert_run(new_run("r1", workflow="other", input_json="1"), NOW + 7)
+    assert error_code(info) is ErrorCode.CONFLICT
+    assert await store.get_run("r1") == first
+    assert len(await store.list_history("r1")) == 1
+
+
+async def test_insert_run_is_idempotent_by_workflow_and_reference_id(store: Store) -> None:
+    first, created = await store.insert_run(new_run("r1", input_json="1", reference_id="ref"), NOW)
+    assert created
+    # Another id, same workflow + reference id + input: the same run.
+    same, created = await store.insert_run(new_run("r2", input_json="1", reference_id="ref"), NOW + 1)
+    assert not created and same.id == "r1"
+    assert await store.get_run("r2") is None
+
+    with pytest.raises(ApiError) as info:
+        await store.insert_run(new_run("r3", input_json="2", reference_id="ref"), NOW + 2)
+    assert error_code(info) is ErrorCode.CONFLICT
+    assert "input" in info.value.message and "r1" in info.value.message
+    with pytest.raises(ApiError) as info:
+        await store.insert_run(new_run("r4", input_json="1", reference_id="ref", version="2"), NOW + 3)
+    assert error_code(info) is ErrorCode.CONFLICT
+    assert "version" in info.value.message
+    assert await store.get_run("r3") is None and await store.get_run("r4") is None
+    assert await store.get_run("r1") == first
+
+    # A reference id is per workflow name.
+    other, created = await store.insert_run(new_run("r5", workflow="other", input_json="2", reference_id="ref"), NOW)
+    assert created and other.id == "r5"
+
+
+# -- claims and checkpoints --------------------------------------------------------------------
+
+
+async def test_claim_bumps_the_revision_and_returns_recorded_tasks(store: Store) -> None:
+    await store.insert_run(new_run("r1"), NOW)
+    [first] = await store.claim_runs("w1", [Q], 10, NOW, NOW + LEASE)
+    assert (first.run.id, first.run.state, first.run.revision, first.run.worker_id) == ("r1", "running", 1, "w1")
+    assert first.tasks == []
+    assert await store.claim_runs("w2", [Q], 10, NOW, NOW + LEASE) == []  # held: not claimable again
+
+    # The worker records a task and goes to sleep; the sleep ends; the next claim brings the task.
+    effects = await store.checkpoint(
+        "r1", "w1", 1, 1, [completed_task()], NextState(RunState.SLEEPING, wake_at_ms=NOW + 10), NOW + 1, NOW + LEASE
+    )
+    assert effects.result == "applied" and effects.wake_at_ms == NOW + 10
+    assert await store.promote_due(NOW + 9) == []
+    assert await store.promote_due(NOW + 10) == [Q]
+    [second] = await store.claim_runs("w2", [Q], 10, NOW + 11, NOW + LEASE)
+    assert (second.run.revision, second.run.worker_id) == (2, "w2")
+    [task] = second.tasks
+    assert (task["name"], task["state"], task["output"], task["attempts"]) == ("charge", "completed", '{"ok":true}', 1)
+
+
+async def test_checkpoint_with_a_wrong_revision_is_fenced_and_writes_nothing(store: Store) -> None:
+    revision = await claimed(store)
+    before = await store.get_run("r1")
+    for wrong_revision, worker in [(revision + 1, "w1"), (revision - 1, "w1"), (revision, "w2")]:
+        with pytest.raises(ApiError) as info:
+            await store.checkpoint(
+                "r1", worker, wrong_revision, 1, [completed_task()], NextState(RunState.COMPLETED, output_json="1"),
+                NOW + 1, NOW + LEASE,
+            )  # fmt: skip
+        assert error_code(info) is ErrorCode.FENCED
+    assert await store.list_tasks("r1") == []
+    assert await store.get_run("r1") == before
+    # Checkpoint 1 was never used up: the holder's own applies.
+    effects = await store.checkpoint("r1", "w1", revision, 1, [completed_task()], None, NOW + 2, NOW + LEASE)
+    assert effects.result == "applied"
+
+
+async def test_a_repeated_checkpoint_is_a_duplicate_applied_once(store: Store) -> None:
+    revision = await claimed(store)
+    assert (await store.checkpoint("r1", "w1", revision, 1, [completed_task("a")], None, NOW, NOW + LEASE)).result == (
+        "applied"
+    )
+    assert (await store.checkpoint("r1", "w1", revision, 2, [completed_task("b")], None, NOW, NOW + LEASE)).result == (
+        "applied"
+    )
+    tasks = await store.list_tasks("r1")
+    assert [t["name"] for t in tasks] == ["a", "b"]
+    # Both retried (the answers were lost): duplicates, nothing recorded twice.
+    for seq, name in [(1, "a"), (2, "b")]:
+        effects = await store.checkpoint("r1", "w1", revision, seq, [completed_task(name)], None, NOW, NOW + LEASE)
+        assert effects.result == "duplicate"
+    assert await store.list_tasks("r1") == tasks
+    # Even a repeat carrying a final state is only a duplicate: the run stays running.
+    effects = await store.checkpoint(
+        "r1", "w1", revision, 2, [], NextState(RunState.COMPLETED, output_json="1"), NOW, NOW + LEASE
+    )
+    assert effects.result == "duplicate" and effects.finished == []
+    assert (await store.get_run("r1")).state is RunState.RUNNING  # type: ignore[union-attr]
+
+
+async def test_a_checkpoint_skipping_a_seq_is_a_conflict(store: Store) -> None:
+    revision = await claimed(store)
+    with pytest.raises(ApiError) as info:
+        await store.checkpoint("r1", "w1", revision, 2, [completed_task()], None, NOW, NOW + LEASE)
+    assert error_code(info) is ErrorCode.CONFLICT
+    assert await store.list_tasks("r1") == []
+    assert (await store.checkpoint("r1", "w1", revision, 1, [], None, NOW, NOW + LEASE)).result == "applied"
+    with pytest.raises(ApiError) as info:
+        await store.checkpoint("r1", "w1", revision, 3, [completed_task()], None, NOW, NOW + LEASE)
+    assert error_code(info) is ErrorCode.CONFLICT
+    assert await store.list_tasks("r1") == []
+
+
+async def test_an_expired_claim_is_requeued_and_its_holder_fenced(store: Store) -> None:
+    revision = await claimed(store, at=NOW)
+    assert await store.release_expired_claims(NOW + LEASE - 1) == []  # not expired yet
+    assert (await store.get_run("r1")).state is RunState.RUNNING  # type: ignore[union-attr]
+
+    assert await store.release_expired_claims(NOW + LEASE + 1) == [Q]
+    run = await store.get_run("r1")
+    assert run is not None
+    assert (run.state, run.revision, run.worker_id) == (RunState.QUEUED, revision + 1, None)
+    assert (await store.list_history("r1"))[-1]["state"] == "queued"
+
+    with pytest.raises(ApiError) as info:
+        await store.checkpoint(
+            "r1", "w1", revision, 1, [completed_task()], NextState(RunState.COMPLETED, output_json="1"),
+            NOW + LEASE + 2, NOW + 2 * LEASE,
+        )  # fmt: skip
+    assert error_code(info) is ErrorCode.FENCED
+    assert await store.get_run("r1") == run
+    assert await store.list_tasks("r1") == []
+    assert await store.heartbeat("w1", [("r1", revision)], NOW + 2 * LEASE) == ["r1"]
+
+    # Someone else claims it at the next revision and finishes it.
+    [again] = await store.claim_runs("w2", [Q], 1, NOW + LEASE + 3, NOW + 2 * LEASE)
+    assert again.run.revision == revision + 2
+    effects = await store.checkpoint(
+        "r1", "w2", again.run.revision, 1, [], NextState(RunState.COMPLETED, output_json="2"), NOW + LEASE + 4,
+        NOW + 2 * LEASE,
+    )  # fmt: skip
+    assert effects.finished == ["r1"]
+
+
+async def test_a_heartbeat_keeps_the_claim(store: Store) -> None:
+    revision = await claimed(store, at=NOW)
+    assert await store.heartbeat("w1", [("r1", revision)], NOW + 3 * LEASE) == []
+    assert await store.release_expired_claims(NOW + 2 * LEASE) == []
+    assert (await store.get_run("r1")).state is RunState.RUNNING  # type: ignore[union-attr]
+
+
+async def test_promote_due_queues_a_scheduled_run_when_due(store: Store) -> None:
+    run, _ = await store.insert_run(new_run("later", wake_at_ms=NOW + 1_000), NOW)
+    assert (run.state, run.wake_at_ms) == (RunState.SCHEDULED, NOW + 1_000)
+    assert await store.next_wake_at() == NOW + 1_000
+    assert await store.claim_runs("w1", [Q], 1, NOW, NOW + LEASE) == []
+
+    assert await store.promote_due(NOW + 999) == []
+    assert (await store.get_run("later")).state is RunState.SCHEDULED  # type: ignore[union-attr]
+    assert await store.promote_due(NOW + 1_000) == [Q]
+    promoted = await store.get_run("later")
+    assert promoted is not None and (promoted.state, promoted.wake_at_ms) == (RunState.QUEUED, None)
+    assert await store.next_wake_at() is None
+    assert await store.promote_due(NOW + 2_000) == []  # once only
+    [claim] = await store.claim_runs("w1", [Q], 1, NOW + 1_001, NOW + LEASE)
+    assert claim.run.id == "later"
+
+
+async def test_a_run_due_at_insert_is_queued_at_once(store: Store) -> None:
+    run, _ = await store.insert_run(new_run("past", wake_at_ms=NOW - 1), NOW)
+    assert run.state is RunState.QUEUED and run.wake_at_ms is None
+
+
+# -- cancellation ------------------------------------------------------------------------------
+
+
+async def test_cancel_cascades_to_descendants_and_leaves_finished_runs(store: Store) -> None:
+    await store.insert_run(new_run("root"), NOW)
+    await store.insert_run(new_run("child", workflow="kid", parent_id="root"), NOW)
+    await store.insert_run(new_run("grandchild", workflow="kid", parent_id="child", wake_at_ms=NOW + 10_000), NOW)
+    await store.insert_run(new_run("done-child", workflow="done", parent_id="root"), NOW)
+    await store.insert_run(new_run("bystander", workflow="kid"), NOW)
+    [c] = await store.claim_runs("w1", ["done\x1f1"], 1, NOW, NOW + LEASE)
+    await store.checkpoint(
+        "done-child", "w1", c.run.revision, 1, [], NextState(RunState.COMPLETED, output_json='"fine"'), NOW, NOW + LEASE
+    )
+    # The child is being worked on when the cancel comes.
+    [held] = await store.claim_runs("w2", ["kid\x1f1"], 1, NOW, NOW + LEASE, ["child"])
+    done_before = await store.get_run("done-child")
+
+    effects = await store.cancel_run("root", "no longer needed", NOW + 1)
+
+    assert sorted(effects.finished) == ["child", "grandchild", "root"]
+    for run_id in ("root", "child", "grandchild"):
+        run = await store.get_run(run_id)
+        assert run is not None and run.state is RunState.CANCELLED, run_id
+        assert run.error_json is not None and "no longer needed" in run.error_json
+        assert run.wake_at_ms is None and run.worker_id is None
+    assert await store.get_run("done-child") == done_before
+    assert (await store.get_run("bystander")).state is RunState.QUEUED  # type: ignore[union-attr]
+    assert await store.next_wake_at() is None
+    # The child's worker is fenced out.
+    with pytest.raises(ApiError) as info:
+        await store.checkpoint(
+            "child",
+            "w2",
+            held.run.revision,
+            1,
+            [],
+            NextState(RunState.COMPLETED, output_json="1"),
+            NOW + 2,
+            NOW + LEASE,
+        )
+    assert error_code(info) is ErrorCode.FENCED
+
+    # Cancelling again, or cancelling a finished run, changes nothing.
+    snapshot = {r: await store.get_run(r) for r in ("root", "child", "grandchild", "done-child")}
+    assert (await store.cancel_run("root", "again", NOW + 3)).finished == []
+    assert (await store.cancel_run("done-child", "too late", NOW + 3)).finished == []
+    assert {r: await store.get_run(r) for r in snapshot} == snapshot
+
+
+async def test_cancel_of_an_unknown_run_is_not_found(store: Store) -> None:
+    with pytest.raises(ApiError) as info:
+        await store.cancel_run("nope", None, NOW)
+    assert error_code(info) is ErrorCode.NOT_FOUND
