@@ -133,6 +133,7 @@ class WorkerHandle:
             self._client.redis_url,
             worker_id=self.instance_id,
             workflows=workflows,
+            shard_keys=shard_keys,
             queues=queues,
             options=RedisStreamsOptions(**streams_options),
             fallback=polling,

@@ -4,10 +4,12 @@ started with the interpreter running the tests and killed with real signals."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,42 +199,44 @@ class RedisProcess:
 
 
 class PostgresCluster:
-    """A PostgreSQL cluster of our own (initdb in a temp dir, its own port), to restart under load."""
+    """A PostgreSQL cluster of our own (initdb in a temp dir, its own port), to restart under load.
+    initdb and pg_ctl refuse to run as root: as root, they run as the `postgres` user, in a
+    directory that user can reach (pytest's temp dirs are private to root)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self) -> None:
         self.port = free_port()
-        self.datadir = workdir / "pgdata"
+        self.root = Path(tempfile.mkdtemp(prefix="aiki-pg-"))
+        self.datadir = self.root / "data"
+        self.log = self.root / "postgres.log"
         self.bindir = Path(
             subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
         )
         self.url = f"postgresql://aiki@127.0.0.1:{self.port}/aiki"
-        self.log = workdir / "postgres.log"
 
     def _run(self, *args: str) -> None:
-        # initdb and pg_ctl refuse to run as root: run them as the postgres user when we are root.
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         subprocess.run(cmd, check=True, capture_output=True)
 
     def init(self) -> PostgresCluster:
-        self.datadir.parent.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            subprocess.run(["chown", "postgres", str(self.datadir.parent)], check=True)
-            self.datadir.parent.chmod(0o777)
+            shutil.chown(self.root, "postgres")
         self._run("initdb", "-D", str(self.datadir), "-U", "aiki", "--auth=trust", "-E", "UTF8")
         self.start()
         subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "aiki", "aiki"], check=True)
         return self
 
     def start(self) -> None:
-        self._run(
-            "pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-w",
-            "-o", f"-p {self.port} -k {self.datadir.parent} -c listen_addresses=127.0.0.1", "start",
-        )  # fmt: skip
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-w", "-o", options, "start")
 
     def restart(self) -> None:
-        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "restart")
+        # -l: the new postmaster must not inherit (and hold open) our captured stdout.
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-m", "fast", "-w", "restart")
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+        try:
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -43,6 +43,7 @@ class RedisStreamsSubscriber:
         *,
         worker_id: str,
         workflows: list[dict[str, str]],
+        shard_keys: list[str] | None,
         queues: list[str],
         options: RedisStreamsOptions,
         fallback: PollingSubscriber,
@@ -50,7 +51,9 @@ class RedisStreamsSubscriber:
         self._transport = transport
         self._redis: aioredis.Redis = aioredis.from_url(redis_url, socket_connect_timeout=2)
         self._worker_id = worker_id
-        self._workflows = workflows
+        self._claim_body: dict[str, Any] = {"worker_id": worker_id, "workflows": workflows}
+        if shard_keys is not None:
+            self._claim_body["shard_keys"] = shard_keys
         self._streams = [stream_name(q) for q in queues]
         self._options = options
         self._fallback = fallback
@@ -85,7 +88,7 @@ class RedisStreamsSubscriber:
         answer = await self._transport.request(
             "POST",
             f"{API_PREFIX}/claims",
-            {"worker_id": self._worker_id, "workflows": self._workflows, "run_ids": list(by_run)},
+            {**self._claim_body, "run_ids": list(by_run)},
             idempotent=False,
             retry_for_s=5.0,
         )

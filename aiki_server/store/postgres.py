@@ -27,6 +27,8 @@ _UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A connection that broke mid-operation (e.g. the server restarted) refuses further use.
+    asyncpg.InternalClientError,
 )
 
 

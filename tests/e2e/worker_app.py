@@ -27,7 +27,8 @@ SLOW_STEPS = False
 
 
 def effect(ctx: TaskContext, name: str, detail: Any = None) -> None:
-    line = json.dumps({"task": name, "attempt": ctx.attempt, "detail": detail, "pid": os.getpid()}) + "\n"
+    line = json.dumps({"task": name, "attempt": ctx.attempt, "detail": detail, "pid": os.getpid(), "t": time.time()})
+    line += "\n"
     fd = os.open(EFFECTS / f"{ctx.workflow_run_id}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
