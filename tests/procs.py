@@ -31,7 +31,39 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class ServerProcess:
+class _Child:
+    """A child process whose output goes to a log file, stopped with real signals."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, args: list[str], env: dict[str, str]) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class ServerProcess(_Child):
     """`python -m aiki_server` on a fixed port, so it can be killed and restarted in place."""
 
     def __init__(
@@ -49,44 +81,14 @@ class ServerProcess:
         self.redis_url = redis_url
         self.log_path = log_path
         self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
-        log = open(self.log_path, "ab")
         args = [sys.executable, "-m", "aiki_server", "--port", str(self.port), "--database-url", self.database_url]
         if self.redis_url:
             args += ["--redis-url", self.redis_url]
-        self.proc = subprocess.Popen(
-            args,
-            env=child_env(**self.env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        log.close()
+        self._spawn(args, child_env(**self.env))
         wait_ready(self.url, timeout, self.proc)
         return self
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup at all."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -103,7 +105,7 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-class WorkerProcess:
+class WorkerProcess(_Child):
     """`python -m tests.e2e.worker_app` serving the test workflows against a server (through its
     Redis Streams when the server has Redis)."""
 
@@ -114,36 +116,14 @@ class WorkerProcess:
         self.log_path = log_path
         self.effects_dir = effects_dir
         self.options = options
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         args = [sys.executable, "-m", "tests.e2e.worker_app", "--url", self.url, "--effects", str(self.effects_dir)]
         for key, value in self.options.items():
             flag = f"--{key.replace('_', '-')}"
             args += [flag] if value is True else [flag, str(value)]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, env=child_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        log.close()
+        self._spawn(args, child_env())
         return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 class RedisProcess:
