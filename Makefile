@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The checkout's packages win over installed copies, in every process the targets start.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench clean binary dist packaging-tools docker-check
 
 install: $(VENV)/.installed
 
@@ -19,18 +19,50 @@ $(VENV)/.installed: pyproject.toml packaging/aiki-client/pyproject.toml
 demo: install  ## start aiki-server on SQLite, run the onboarding workflow with a worker, print the result
 	$(BIN)/python examples/demo.py
 
-test: install lint typecheck  ## the whole suite: unit, integration, end-to-end with real processes
+# The packaging tests use dist/aiki-server and the wheels in dist/; both rebuild only when a source changed.
+test: install lint typecheck binary dist  ## the whole suite: unit, integration, end-to-end, packaging
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check aiki_client aiki_server tests examples bench
-	$(BIN)/ruff format --check aiki_client aiki_server tests examples bench
+	$(BIN)/ruff check aiki_client aiki_server tests examples bench packaging
+	$(BIN)/ruff format --check aiki_client aiki_server tests examples bench packaging
 
 typecheck: install
 	$(BIN)/mypy
 
 bench: install  ## throughput and latency on the embedded SQLite mode
 	$(BIN)/python -m bench.core
+
+# PyInstaller, build, hatchling, PyYAML, hadolint: see packaging/requirements-build.txt.
+packaging-tools: $(VENV)/.packaging
+
+$(VENV)/.packaging: packaging/requirements-build.txt $(VENV)/.installed
+	$(BIN)/python -m pip install -q -r packaging/requirements-build.txt
+	touch $@
+
+# What makes the binary and the distributions stale.
+PY_SOURCES := $(shell find aiki_server aiki_client -name '*.py' -not -path '*/__pycache__/*')
+
+binary: dist/aiki-server  ## the one-file server (PyInstaller): dist/aiki-server, no Python needed to run it
+
+dist/aiki-server: $(VENV)/.packaging $(PY_SOURCES) packaging/aiki-server.spec packaging/aiki_server_entry.py packaging/pyi_rth_tzdata.py pyproject.toml
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/aiki-server.spec
+	@ls -l $@
+
+dist: dist/.dists  ## sdist + wheel of aiki-server and aiki-client into dist/
+
+dist/.dists: $(VENV)/.packaging $(PY_SOURCES) pyproject.toml README.md packaging/aiki-client/pyproject.toml packaging/aiki-client/README.md packaging/aiki-client/hatch_build.py
+	rm -f dist/aiki_server-* dist/aiki_client-*
+	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir dist .
+	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir dist packaging/aiki-client
+	touch $@
+
+# Needs no Docker engine: hadolint, then the compose file's own validation (the `docker compose`
+# plugin or Debian's docker-compose, whichever is installed).
+docker-check: $(VENV)/.packaging  ## lint packaging/Dockerfile and validate packaging/docker-compose.yml
+	$(BIN)/hadolint --failure-threshold info packaging/Dockerfile
+	if docker compose version >/dev/null 2>&1; then docker compose -f packaging/docker-compose.yml config -q; \
+	else docker-compose -f packaging/docker-compose.yml config -q; fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info aiki.db aiki.db-* .pytest_cache

@@ -134,4 +134,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX runs_unannounced ON runs (announced_at) WHERE state = 'queued';
         """,
     ),
+    (
+        5,
+        """
+        -- Listing runs newest first (the CLI, GET /v1/runs).
+        CREATE INDEX runs_created ON runs (created_at, id);
+        """,
+    ),
 ]
