@@ -29,8 +29,8 @@ _BY_STATUS: dict[int, type[AikiError]] = {
     413: InvalidRequest,
     422: InvalidRequest,
 }
-# Longest a request may go unanswered: a long-poll is held up to MAX_WAIT_MS by the server.
-_RESPONSE_TIMEOUT_S = MAX_WAIT_MS / 1000 + 30
+# Longest a request may go unanswered, beyond the time a long-poll asks the server to hold it.
+_RESPONSE_TIMEOUT_S = 30.0
 
 
 class Transport:
@@ -53,6 +53,8 @@ class Transport:
         retry_for_s: float | None = None,
     ) -> Any:
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        held_ms = max((params or {}).get("wait_ms", 0), body.get("wait_ms", 0) if isinstance(body, dict) else 0)
+        timeout = _RESPONSE_TIMEOUT_S + min(held_ms, MAX_WAIT_MS) / 1000
         if content is not None and len(content) > MAX_BODY_BYTES:
             raise InvalidRequest(f"{method} {path}: the request is {len(content)} bytes, over {MAX_BODY_BYTES}")
         if params:
@@ -61,7 +63,7 @@ class Transport:
         delay = 0.05
         while True:
             try:
-                resp = await self._http.request(method, path, content, _RESPONSE_TIMEOUT_S)
+                resp = await self._http.request(method, path, content, timeout)
             except NotSent as exc:
                 failure = f"cannot reach the aiki server at {self.url}: {exc}"
             except ConnectionLost as exc:
