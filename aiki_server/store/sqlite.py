@@ -1,6 +1,7 @@
 """The SQLite backend: the embedded default, one file, no other process.
 
-One connection, one transaction at a time (an asyncio lock). Statements run on the event loop
+One writing connection, one write transaction at a time (an asyncio lock), and one reading
+connection beside it (WAL: reads never wait for a writer). Statements run on the event loop
 itself — they take microseconds on a local file — and only COMMIT, which waits for the disk, runs
 on a worker thread. WAL journal with `synchronous=FULL`: a committed checkpoint survives a power
 cut, not only a process crash. Run one server per SQLite file.
@@ -87,6 +88,9 @@ class SqliteBackend:
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        # Reads use a connection of their own: in WAL mode they never wait for a writer's COMMIT.
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = asyncio.Lock()
         # COMMIT waits for the disk: off the event loop, on this one thread.
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiki-sqlite-commit")
 
@@ -100,6 +104,9 @@ class SqliteBackend:
         conn.execute("PRAGMA busy_timeout=5000")
         self._conn = conn
         self._migrate(conn)
+        if self.path != ":memory:":  # a second connection to :memory: would be another database
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout=5000")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -124,14 +131,23 @@ class SqliteBackend:
             raise
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        async with self._lock, self._read_lock:
+            for conn in (self._conn, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reader = None
         self._committer.shutdown(wait=True)
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        if readonly and self._reader is not None:
+            async with self._read_lock:
+                self._reader.execute("BEGIN")
+                try:
+                    yield SqliteTx(self._reader)
+                finally:
+                    self._reader.execute("COMMIT")
+            return
         async with self._lock:
             conn = self._conn
             if conn is None:
