@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The checkout's packages win over installed copies, in every process the targets start.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test lint typecheck bench clean binary dist packaging-tools docker-check
+.PHONY: install demo test lint typecheck bench load-throughput load-recovery clean binary dist packaging-tools docker-check
 
 install: $(VENV)/.installed
 
@@ -30,8 +30,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-bench: install  ## throughput and latency on the embedded SQLite mode
+bench: install  ## throughput, latency, timer precision and the cost of waiting: SQLite and PostgreSQL + Redis
 	$(BIN)/python -m bench.core
+
+# Locust load tests (not part of `make test`); locust is installed into the venv on demand, never a
+# project dependency. Pass ARGS, e.g. make load-recovery ARGS="--users 20 --seconds 60".
+load-throughput: install  ## Locust: start/complete a 1-task, 10-task, sleep+event mix against a fresh server
+	$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q locust
+	$(BIN)/python -m load_tests.run throughput $(ARGS)
+
+load-recovery: install  ## Locust: the same load while workers are SIGKILLed and restarted; checks no lost or doubled task
+	$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install -q locust
+	$(BIN)/python -m load_tests.run recovery $(ARGS)
 
 # PyInstaller, build, hatchling, PyYAML, hadolint: see packaging/requirements-build.txt.
 packaging-tools: $(VENV)/.packaging

@@ -119,7 +119,10 @@ class RedisDelivery:
         while True:
             self._ready.clear()  # before publishing: news that arrives meanwhile triggers another pass
             try:
-                while await self._store.publish_ready(now_ms(), self._republish_after_ms, _BATCH, self._publish):
+                # A full batch may mean more are waiting; a short one means all ready runs are out.
+                while (
+                    await self._store.publish_ready(now_ms(), self._republish_after_ms, _BATCH, self._publish) == _BATCH
+                ):
                     pass
                 if self.last_error is not None:
                     log.info("Redis delivery is back")

@@ -32,11 +32,17 @@ class Timers:
         self._notifier = notifier
         self._sweep_interval_s = sweep_interval_s
         self._next_wake_ms: int | None = None
+        self._poked_during_pass: int | None = None
         self._poked = asyncio.Event()
 
     def poke(self, wake_at_ms: int | None) -> None:
         """A deadline was stored; wake the daemon early if it is the nearest."""
-        if wake_at_ms is not None and (self._next_wake_ms is None or wake_at_ms < self._next_wake_ms):
+        if wake_at_ms is None:
+            return
+        # Remembered apart as well: a pass in progress computes the nearest deadline from reads
+        # that may predate this poke, and must not forget it.
+        self._poked_during_pass = min(wake_at_ms, self._poked_during_pass or wake_at_ms)
+        if self._next_wake_ms is None or wake_at_ms < self._next_wake_ms:
             self._next_wake_ms = wake_at_ms
             self._poked.set()
 
@@ -53,12 +59,14 @@ class Timers:
             await self._sleep_until_due()
 
     async def tick(self) -> None:
+        self._poked_during_pass = None
         now = now_ms()
         self._notifier.notify_all(await self._store.promote_due(now))
         self._notifier.notify_all(await self._store.release_expired_claims(now))
         deadlines = [await self._store.next_wake_at()]
         for work in self.due_work:
             deadlines.append(await work(now))
+        deadlines.append(self._poked_during_pass)
         self._next_wake_ms = min((d for d in deadlines if d is not None), default=None)
 
     async def _sleep_until_due(self) -> None:

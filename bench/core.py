@@ -1,23 +1,31 @@
-"""The core benchmark: latency and throughput of a real server process and a real worker process.
+"""The aiki benchmark: real server and worker processes, driven and measured from this process.
 
-    python -m bench.core [--seconds 10] [--json PATH] [--concurrency 50] [--batch 10]
+    python -m bench.core [--mode sqlite|postgres-redis|all] [--core] [--timers] [--waiting]
+                         [--seconds 10] [--concurrency 50] [--batch 10] [--json PATH]
 
-Starts `python -m aiki_server` on a fresh SQLite file (a temp dir) and a free port, one worker
-process (`python -m bench.workflows`, polling subscriber), then measures from this process:
+`make bench` runs everything: both modes (see bench/harness.py for how each is deployed), each with
+every section. `--core`, `--timers`, `--waiting` run only the sections named.
 
-1. idle latency: sequential runs of bench-1, from before `start()` until `wait_for_completion()`
-   returns (after warm-up runs);
-2. throughput of bench-1: `--concurrency` runs kept in flight for `--seconds` after a warm-up;
-3. throughput of bench-10 (ten sequential tasks per run), the same way.
+core     1. idle latency: sequential runs of bench-1, from before `start()` until
+            `wait_for_completion()` returns (after warm-up runs);
+         2. throughput of bench-1: `--concurrency` runs kept in flight for `--seconds` after a
+            warm-up; 3. the same for bench-10 (ten sequential tasks per run).
+timers   timer precision: 1,000 runs of bench-sleep started at once, each sleeping 1 s durably
+         between two clock readings; lateness p50/p99/max and where it goes (bench/waits.py).
+waiting  the cost of waiting: 10,000 runs of bench-wait sleeping ten minutes; the server's RSS
+         before and once all sleep, the database's growth, and CPU per second of every process
+         while they wait, next to the same reading with nothing waiting.
 
-During each throughput window it reads the CPU time (utime + stime from /proc/<pid>/stat) of the
-server, the worker and this driver, which shows where the time goes: all three share the machine.
+During each measured window it reads the CPU time (utime + stime from /proc/<pid>/stat) of the
+server, the workers, this driver and — in postgres-redis mode — the PostgreSQL backends of the
+benchmark's database and the Redis server, which shows where the time goes: all share the machine.
 It also reads the machine's total (/proc/stat), so CPU taken by other processes and idle CPU show:
 numbers taken on a busy machine are not comparable with numbers taken on a quiet one.
 
-Every run started is checked: it must complete with the expected output, and at the end the
-server's own counts (GET /v1/workflows) must agree. Any failure is reported and the exit status is
-non-zero. The server and the worker are stopped with SIGTERM and must exit 0.
+Every run started is checked: it must end as expected (completed with the right output, or
+sleeping), the server's own counts (GET /v1/workflows) must agree, the workers must report exactly
+one execution per claim the runs needed, the processes must stop cleanly on SIGTERM and log no
+warning or error. Any failure is reported and the exit status is non-zero.
 """
 
 from __future__ import annotations
@@ -28,26 +36,32 @@ import json
 import math
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
+import sqlite3
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from aiki_client import Client, connect
 from aiki_client.workflow import WorkflowVersion
 
-from .workflows import BENCH_1_TASKS, BENCH_10_TASKS, bench_1_v1, bench_10_v1, loop_name, run_loop
-
-ROOT = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from .harness import (
+    DEFAULT_PG_ADMIN_URL,
+    DEFAULT_REDIS_URL,
+    MODES,
+    Deployment,
+    Ledger,
+    cpu_between,
+    cpu_snapshot,
+    finite,
+    latency_summary,
+    psql,
+    server_counts,
+)
+from .waits import cost_of_waiting, timer_precision
+from .workflows import BENCH_1_TASKS, BENCH_10_TASKS, RequestCounter, bench_1_v1, bench_10_v1, loop_name, run_loop
 
 LATENCY_WARMUP_RUNS = 30
 LATENCY_RUNS = 300
@@ -55,148 +69,20 @@ THROUGHPUT_WARMUP_S = 2.0
 RUN_TIMEOUT_S = 30.0  # a single run taking longer than this counts as a failure
 DRAIN_TIMEOUT_S = 45.0  # after a throughput window, in-flight runs must finish within this
 
+TIMER_RUNS = 1_000
+TIMER_SLEEP_MS = 1_000
+TIMER_PACED_RUNS = 20
+TIMER_PACE_S = 0.05
+WAIT_RUNS = 10_000
+WAIT_SLEEP_MS = 10 * 60 * 1000
+WAIT_IDLE_WINDOW_S = 5.0
+WAIT_WINDOW_S = 10.0
+START_CONCURRENCY = 50
 
-# -- processes ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIKI_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
+SECTIONS = ("core", "timers", "waiting")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    # Fields after the command name (which may hold spaces, hence the last ')'): state is field 3,
-    # utime and stime are fields 14 and 15.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole machine since boot, summed over all CPUs (/proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK, (idle + iowait) / CLK_TCK
-
-
-def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
-    snap = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    snap["machine_busy"], snap["machine_idle"] = machine_cpu_seconds()
-    return snap
-
-
-@dataclass
-class Process:
-    name: str
-    args: list[str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Process:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, env=child_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the {self.name} process exited with {self.proc.returncode}\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, wait; returns the exit status (SIGKILL and -9 if it does not stop in time)."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def problem_lines(self) -> list[str]:
-        """Lines of the log at WARNING level or worse, and tracebacks (both run at WARNING)."""
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return [line for line in text if any(w in line for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))]
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(f"    [{self.name}] {line}" for line in text[-lines:])
-
-
-def wait_ready(server: Process, url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        server.check_alive()
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1.0) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"the server at {url} was not ready after {timeout} s\n{server.log_tail()}")
-
-
-def find_line(process: Process, prefix: str) -> str | None:
-    for line in process.log_path.read_text(errors="replace").splitlines():
-        if line.startswith(prefix):
-            return line
-    return None
-
-
-def wait_for_line(process: Process, prefix: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = find_line(process, prefix)
-        if line is not None:
-            return line
-        process.check_alive()
-        time.sleep(0.05)
-    raise TimeoutError(f"the {process.name} did not print {prefix!r} within {timeout} s\n{process.log_tail()}")
-
-
-# -- measurements -----------------------------------------------------------------------------
-
-
-@dataclass
-class Ledger:
-    """Every run the driver started, and how each ended."""
-
-    started: dict[str, int] = field(default_factory=dict)  # workflow name -> runs started
-    completed: dict[str, int] = field(default_factory=dict)  # ... -> completed with the right output
-    failures: list[str] = field(default_factory=list)
-
-    def fail(self, what: str) -> None:
-        self.failures.append(what)
-        if len(self.failures) <= 10:
-            print(f"  FAILURE: {what}", file=sys.stderr, flush=True)
+# -- core: latency and throughput -------------------------------------------------------------
 
 
 async def one_run(client: Client, ledger: Ledger, version: WorkflowVersion, tasks: int, value: int) -> bool:
@@ -207,7 +93,7 @@ async def one_run(client: Client, ledger: Ledger, version: WorkflowVersion, task
     except Exception as exc:
         ledger.fail(f"{name}: start failed: {type(exc).__name__}: {exc}")
         return False
-    ledger.started[name] = ledger.started.get(name, 0) + 1
+    ledger.start(name)
     try:
         output = await handle.wait_for_completion(timeout=RUN_TIMEOUT_S)
     except Exception as exc:  # RunFailed, RunCancelled, TimeoutError, transport errors
@@ -216,44 +102,29 @@ async def one_run(client: Client, ledger: Ledger, version: WorkflowVersion, task
     if output != value + tasks:
         ledger.fail(f"{name} run {handle.id}: output {output!r}, expected {value + tasks}")
         return False
-    ledger.completed[name] = ledger.completed.get(name, 0) + 1
+    ledger.ok(name)
     return True
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def latency_summary(samples_s: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in samples_s)
-    return {
-        "n": len(ms),
-        "p50_ms": percentile(ms, 50),
-        "p90_ms": percentile(ms, 90),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": ms[-1] if ms else math.nan,
-        "mean_ms": sum(ms) / len(ms) if ms else math.nan,
-    }
-
-
-async def idle_latency(client: Client, ledger: Ledger) -> dict[str, Any]:
+async def idle_latency(client: Client, ledger: Ledger, url: str) -> dict[str, Any]:
     value = 0
     for _ in range(LATENCY_WARMUP_RUNS):
         value += 1
         await one_run(client, ledger, bench_1_v1, BENCH_1_TASKS, value)
     totals: list[float] = []
     starts: list[float] = []
-    ok = 0
+    timed: list[tuple[str, float, float]] = []  # (run id, wall clock at start(), at wait's return)
     for _ in range(LATENCY_RUNS):
         value += 1
+        wall0 = time.time()
         t0 = time.perf_counter()
-        handle = await bench_1_v1.start(client, value)
+        try:
+            handle = await bench_1_v1.start(client, value)
+        except Exception as exc:
+            ledger.fail(f"bench-1: start failed: {type(exc).__name__}: {exc}")
+            continue
         t1 = time.perf_counter()
-        ledger.started[bench_1_v1.name] = ledger.started.get(bench_1_v1.name, 0) + 1
+        ledger.start(bench_1_v1.name)
         try:
             output = await handle.wait_for_completion(timeout=RUN_TIMEOUT_S)
         except Exception as exc:
@@ -263,36 +134,63 @@ async def idle_latency(client: Client, ledger: Ledger) -> dict[str, Any]:
         if output != value + 1:
             ledger.fail(f"bench-1 run {handle.id}: output {output!r}, expected {value + 1}")
             continue
-        ledger.completed[bench_1_v1.name] = ledger.completed.get(bench_1_v1.name, 0) + 1
-        ok += 1
+        ledger.ok(bench_1_v1.name)
         totals.append(t2 - t0)
         starts.append(t1 - t0)
+        timed.append((handle.id, wall0, wall0 + (t2 - t0)))
     return {
         "workflow": "bench-1",
         "warmup_runs": LATENCY_WARMUP_RUNS,
         "runs": LATENCY_RUNS,
-        "completed": ok,
+        "completed": len(totals),
         "total": latency_summary(totals),
         "start_call": latency_summary(starts),
+        "parts": await latency_parts(url, ledger, timed),
     }
+
+
+async def latency_parts(url: str, ledger: Ledger, timed: list[tuple[str, float, float]]) -> dict[str, Any]:
+    """Split each idle run's latency at the server's history time stamps (taken when the
+    transaction that records the state begins, in whole milliseconds): start() called → run
+    created, created → claimed by a worker, claimed → completion being written, → wait returns."""
+    parts: dict[str, list[float]] = {"to_created": [], "delivery": [], "execution": [], "to_caller": []}
+    todo = iter(timed)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+
+        async def reader() -> None:
+            for run_id, wall0, wall2 in todo:
+                history = (await http.get(f"/v1/runs/{run_id}/history")).json()["history"]
+                at = {h["state"]: h["at_ms"] / 1000 for h in history}
+                if [h["state"] for h in history] != ["queued", "running", "completed"]:
+                    ledger.fail(f"bench-1 run {run_id}: history {history} is not queued → running → completed")
+                    continue
+                parts["to_created"].append(at["queued"] - wall0)
+                parts["delivery"].append(at["running"] - at["queued"])
+                parts["execution"].append(at["completed"] - at["running"])
+                parts["to_caller"].append(wall2 - at["completed"])
+
+        await asyncio.gather(*(reader() for _ in range(10)))
+    return {k: latency_summary([max(v, 0.0) for v in vs]) for k, vs in parts.items()}
 
 
 async def throughput(
     client: Client,
     ledger: Ledger,
+    dep: Deployment,
     version: WorkflowVersion,
     tasks: int,
     *,
     seconds: float,
     concurrency: int,
-    pids: dict[str, int],
     value_base: int,
+    driver_http: RequestCounter,
 ) -> dict[str, Any]:
     """Keep `concurrency` runs in flight; count runs completed inside the measurement window."""
     loop_start = time.perf_counter()
     stop_at = loop_start + THROUGHPUT_WARMUP_S + seconds
     finished: list[tuple[float, float]] = []  # (completion time, latency) of correct runs
     failed_before = len(ledger.failures)
+    groups = dep.cpu_groups()
 
     async def slot(k: int) -> None:
         value = value_base + k * 10_000_000
@@ -303,16 +201,22 @@ async def throughput(
                 t1 = time.perf_counter()
                 finished.append((t1, t1 - t0))
 
-    async def sample_cpu() -> tuple[tuple[float, dict[str, float]], tuple[float, dict[str, float]]]:
+    def snapshot() -> tuple[Any, dict[str, dict[str, int]]]:
+        # Counters first: the CPU snapshot's time stamp then marks the window's edge.
+        counts = dep.counters()
+        counts["driver_http"] = dict(driver_http.counts)
+        return cpu_snapshot(groups), counts
+
+    async def sample() -> tuple[Any, Any]:
         await asyncio.sleep(THROUGHPUT_WARMUP_S)
-        first = (time.perf_counter(), cpu_snapshot(pids))
+        first = await asyncio.to_thread(snapshot)
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-        second = (time.perf_counter(), cpu_snapshot(pids))
+        second = await asyncio.to_thread(snapshot)
         return first, second
 
-    sampler = asyncio.create_task(sample_cpu())
+    sampler = asyncio.create_task(sample())
     slots = [asyncio.create_task(slot(k)) for k in range(concurrency)]
-    (w0, cpu0), (w1, cpu1) = await sampler
+    (snap0, counts0), (snap1, counts1) = await sampler
     # Runs still in flight when the window closes must finish too (they are checked, not counted).
     done, pending = await asyncio.wait(slots, timeout=DRAIN_TIMEOUT_S)
     for t in pending:
@@ -321,15 +225,21 @@ async def throughput(
     for t in done:
         if t.exception() is not None:
             ledger.fail(f"{version.name}: slot crashed: {t.exception()!r}")
-    drain_s = time.perf_counter() - w1
+    drain_s = time.perf_counter() - snap1.at
 
+    w0, w1 = snap0.at, snap1.at
     window = w1 - w0
     in_window = [lat for t, lat in finished if w0 <= t <= w1]
-    cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}
-    # Whatever else ran on the machine meanwhile (other processes compete for the same cores).
-    cpu["other"] = max(0.0, cpu.pop("machine_busy") - sum(cpu[name] for name in pids))
-    cpu["idle"] = cpu.pop("machine_idle")
+    cpu = cpu_between(snap0, snap1)
     n = len(in_window)
+    per_workflow = {
+        group: {
+            key: (value - counts0[group].get(key, 0)) / n
+            for key, value in sorted(counts1[group].items())
+            if n and value != counts0[group].get(key, 0)
+        }
+        for group in counts1
+    }
     return {
         "workflow": version.name,
         "tasks_per_workflow": tasks,
@@ -340,251 +250,414 @@ async def throughput(
         "task_steps_per_s": n * tasks / window,
         "latency_under_load": latency_summary(in_window),
         "cpu_s": cpu,
-        "cpu_cores": {name: seconds / window for name, seconds in cpu.items()},
-        "cpu_ms_per_workflow": {name: (cpu[name] * 1000 / n if n else math.nan) for name in pids},
+        "cpu_cores": {name: s / window for name, s in cpu.items()},
+        "cpu_ms_per_workflow": {name: (cpu[name] * 1000 / n if n else math.nan) for name in groups},
+        "per_workflow": per_workflow,
         "runs_completed_total": len(finished),
         "failures": len(ledger.failures) - failed_before,
         "drain_s": drain_s,
     }
 
 
-def server_counts(url: str) -> dict[str, dict[str, int]]:
-    """The server's own run counts by state, per workflow name."""
-    with urllib.request.urlopen(f"{url}/v1/workflows", timeout=10) as resp:
-        answer = json.loads(resp.read())
-    return {wf["name"]: dict(wf["counts"]) for wf in answer["workflows"]}
+# -- one mode ---------------------------------------------------------------------------------------
 
 
-async def drive(url: str, *, seconds: float, concurrency: int, pids: dict[str, int]) -> dict[str, Any]:
-    ledger = Ledger()
-    client = await connect(url)
+EXPECTED_STATE = {"bench-1": "completed", "bench-10": "completed", "bench-sleep": "completed", "bench-wait": "sleeping"}
+
+
+async def drive(dep: Deployment, ledger: Ledger, sections: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"driver_loop": loop_name()}
+    client = await connect(dep.url)
+    driver_http = RequestCounter()
+    driver_http.install(client)
+    tag = f"[{dep.mode}]"
     try:
-        print(f"driver on {loop_name()}; idle latency: {LATENCY_WARMUP_RUNS} + {LATENCY_RUNS} runs ...", flush=True)
-        latency = await idle_latency(client, ledger)
-        results = []
-        for i, (version, tasks) in enumerate(((bench_1_v1, BENCH_1_TASKS), (bench_10_v1, BENCH_10_TASKS))):
+        if "core" in sections:
+            print(f"{tag} idle latency: {LATENCY_WARMUP_RUNS} + {LATENCY_RUNS} sequential runs ...", flush=True)
+            out["idle_latency"] = await idle_latency(client, ledger, dep.url)
+            out["throughput"] = []
+            for i, (version, tasks) in enumerate(((bench_1_v1, BENCH_1_TASKS), (bench_10_v1, BENCH_10_TASKS))):
+                print(
+                    f"{tag} throughput {version.name}: {args.concurrency} in flight, {THROUGHPUT_WARMUP_S:g} s "
+                    f"warm-up + {args.seconds:g} s ...",
+                    flush=True,
+                )
+                out["throughput"].append(
+                    await throughput(
+                        client,
+                        ledger,
+                        dep,
+                        version,
+                        tasks,
+                        seconds=args.seconds,
+                        concurrency=args.concurrency,
+                        value_base=(i + 1) * 1_000_000_000,
+                        driver_http=driver_http,
+                    )
+                )
+        if "timers" in sections:
             print(
-                f"throughput {version.name}: {concurrency} in flight, {THROUGHPUT_WARMUP_S:g} s warm-up + "
-                f"{seconds:g} s ...",
+                f"{tag} timer precision: {TIMER_PACED_RUNS} runs started {TIMER_PACE_S * 1000:g} ms apart, then "
+                f"{args.timer_runs} at once, each sleeping {TIMER_SLEEP_MS} ms ...",
                 flush=True,
             )
-            results.append(
-                await throughput(
-                    client,
-                    ledger,
-                    version,
-                    tasks,
-                    seconds=seconds,
-                    concurrency=concurrency,
-                    pids=pids,
-                    value_base=(i + 1) * 1_000_000_000,
-                )
+            out["timers_paced"] = await timer_precision(
+                client,
+                ledger,
+                dep,
+                runs=TIMER_PACED_RUNS,
+                sleep_ms=TIMER_SLEEP_MS,
+                start_concurrency=1,
+                run_timeout_s=RUN_TIMEOUT_S,
+                pace_s=TIMER_PACE_S,
+            )
+            out["timers"] = await timer_precision(
+                client,
+                ledger,
+                dep,
+                runs=args.timer_runs,
+                sleep_ms=TIMER_SLEEP_MS,
+                start_concurrency=START_CONCURRENCY,
+                run_timeout_s=RUN_TIMEOUT_S * 2,
+            )
+        if "waiting" in sections:
+            print(
+                f"{tag} cost of waiting: {args.wait_runs} runs sleeping {WAIT_SLEEP_MS // 60_000} min; "
+                f"{WAIT_IDLE_WINDOW_S:g} s idle window, then {WAIT_WINDOW_S:g} s while they wait ...",
+                flush=True,
+            )
+            out["waiting"] = await cost_of_waiting(
+                client,
+                ledger,
+                dep,
+                runs=args.wait_runs,
+                sleep_ms=WAIT_SLEEP_MS,
+                start_concurrency=START_CONCURRENCY,
+                idle_window_s=WAIT_IDLE_WINDOW_S,
+                window_s=WAIT_WINDOW_S,
             )
     finally:
         await client.close()
-    counts = await asyncio.to_thread(server_counts, url)
-    for name in (bench_1_v1.name, bench_10_v1.name):
-        started = ledger.started.get(name, 0)
-        completed = ledger.completed.get(name, 0)
-        on_server = counts.get(name, {})
-        if completed != started:
-            ledger.fail(f"{name}: {started} runs started, {completed} completed correctly")
-        if on_server != {"completed": started}:
+    counts = await asyncio.to_thread(server_counts, dep.url)
+    for name, started in ledger.started.items():
+        expected = {EXPECTED_STATE[name]: started}
+        if ledger.completed.get(name, 0) != started:
+            ledger.fail(f"{name}: {started} runs started, {ledger.completed.get(name, 0)} ended as expected")
+        if counts.get(name, {}) != expected:
+            ledger.fail(f"{name}: the server counts {counts.get(name, {})}, expected {expected}")
+    out["server_counts"] = counts
+    return out
+
+
+def run_mode(mode: str, sections: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    began = time.perf_counter()
+    dep = Deployment(
+        mode,
+        concurrency=args.concurrency,
+        batch=args.batch,
+        pg_admin_url=args.pg_url,
+        redis_url=args.redis_url,
+        server_env=dict(kv.split("=", 1) for kv in args.server_env),
+    )
+    ledger = Ledger()
+    result: dict[str, Any] = {"mode": mode, "loadavg_before": loadavg()}
+    ok = False
+    try:
+        dep.start()
+        result["label"] = dep.label
+        result["worker_loop"] = dep.worker_loop
+        result["worker_slots"] = dep.worker_slots
+        result.update(run_loop(drive(dep, ledger, sections, args)))
+        dep.check_alive()
+        codes, executions, problems = dep.stop()
+        for p in problems:
+            ledger.fail(p)
+        if executions != ledger.executions:
             ledger.fail(
-                f"{name}: the server counts {on_server}, the driver started {started} (all should be completed)"
+                f"the workers finished {executions} run executions; the runs started needed {ledger.executions}"
             )
-    return {
-        "driver_loop": loop_name(),
-        "idle_latency": latency,
-        "throughput": results,
-        "runs": {
+        result["exit_codes"] = codes
+        result["worker_executions"] = executions
+        ok = not ledger.failures
+    except Exception as exc:
+        ledger.fail(f"{type(exc).__name__}: {exc}")
+    except BaseException:
+        dep.cleanup(show_logs=True)
+        raise
+    finally:
+        result["runs"] = {
             "started": ledger.started,
-            "completed": ledger.completed,
-            "server_counts": counts,
-            "failures": ledger.failures,
-        },
-    }
+            "as_expected": ledger.completed,
+            "needed_executions": ledger.executions,
+        }
+        result["failures"] = ledger.failures
+        result["wall_s"] = time.perf_counter() - began
+        result["loadavg_after"] = loadavg()
+    dep.cleanup(show_logs=not ok)
+    return result
 
 
-# -- report -----------------------------------------------------------------------------------
+def loadavg() -> str:
+    """The machine's 1/5/15-minute load averages (other people's work shows here too)."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
-def print_report(summary: dict[str, Any]) -> None:
-    cfg = summary["config"]
+# -- report -----------------------------------------------------------------------------------------
+
+
+def _cell(cpu_s: float, window: float) -> str:
+    return f"{cpu_s:.2f} ({cpu_s / window:.2f})"
+
+
+def print_mode(r: dict[str, Any], args: argparse.Namespace) -> None:
     print()
     print(
-        f"aiki benchmark — SQLite (one file), 1 server + 1 worker process "
-        f"(polling, max_concurrent_workflow_runs={cfg['concurrency']}, max_batch_size={cfg['batch']}), "
-        f"{cfg['cpus']} CPUs, Python {cfg['python']}, driver/worker loop: {summary['driver_loop']}/"
-        f"{cfg['worker_loop']}"
+        f"=== {r['mode']}: {r.get('label', '(did not start)')}; driver/worker loop: "
+        f"{r.get('driver_loop', '?')}/{r.get('worker_loop', '?')}"
     )
-    lat = summary["idle_latency"]
-    t, s = lat["total"], lat["start_call"]
-    print()
-    print(
-        f"Idle latency, bench-1 ({lat['runs']} sequential runs after {lat['warmup_runs']} warm-up; "
-        "start() → wait_for_completion() returns)"
-    )
-    print(f"  {'':<22}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}")
-    for label, row in (("start → completed, ms", t), ("start() call alone, ms", s)):
+    if "idle_latency" in r:
+        lat = r["idle_latency"]
+        t, s = lat["total"], lat["start_call"]
+        print()
         print(
-            f"  {label:<22}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}"
-            f"{row['max_ms']:>9.2f}{row['mean_ms']:>9.2f}"
+            f"Idle latency, bench-1 ({lat['runs']} sequential runs after {lat['warmup_runs']} warm-up; "
+            "start() → wait_for_completion() returns)"
         )
-    print()
-    print(
-        f"Throughput ({cfg['concurrency']} runs in flight, {cfg['seconds']:g} s window after "
-        f"{THROUGHPUT_WARMUP_S:g} s warm-up)"
-    )
-    print(f"  {'workflow':<10}{'runs':>7}{'workflows/s':>13}{'steps/s':>10}{'latency p50':>13}{'p99':>11}")
-    for r in summary["throughput"]:
-        lu = r["latency_under_load"]
+        print(f"  {'':<24}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}")
+        parts = lat["parts"]
+        for label, row in (
+            ("start → completed, ms", t),
+            ("start() call alone, ms", s),
+            ("split at the server's history (whole ms):", None),
+            ("  start() → created", parts["to_created"]),
+            ("  created → claimed", parts["delivery"]),
+            ("  claimed → completing", parts["execution"]),
+            ("  completing → returned", parts["to_caller"]),
+        ):
+            if row is None:
+                print(f"  {label}")
+                continue
+            print(
+                f"  {label:<24}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+                f"{row['max_ms']:>9.2f}{row['mean_ms']:>9.2f}"
+            )
+    if r.get("throughput"):
+        print()
         print(
-            f"  {r['workflow']:<10}{r['completed_in_window']:>7}{r['workflows_per_s']:>13.1f}"
-            f"{r['task_steps_per_s']:>10.1f}{lu['p50_ms']:>10.1f} ms{lu['p99_ms']:>8.1f} ms"
+            f"Throughput ({args.concurrency} runs in flight, {args.seconds:g} s window after "
+            f"{THROUGHPUT_WARMUP_S:g} s warm-up)"
         )
+        print(f"  {'workflow':<10}{'runs':>7}{'workflows/s':>13}{'steps/s':>10}{'latency p50':>13}{'p99':>11}")
+        for t in r["throughput"]:
+            lu = t["latency_under_load"]
+            print(
+                f"  {t['workflow']:<10}{t['completed_in_window']:>7}{t['workflows_per_s']:>13.1f}"
+                f"{t['task_steps_per_s']:>10.1f}{lu['p50_ms']:>10.1f} ms{lu['p99_ms']:>8.1f} ms"
+            )
+        columns = [c for c in r["throughput"][0]["cpu_s"] if c not in ("other", "idle")] + ["other", "idle"]
+        own = [c for c in columns if c not in ("other", "idle")]
+        print()
+        print(f"CPU during each throughput window: CPU seconds (cores = CPU s / window s), {os.cpu_count()} cores")
+        print(f"  {'workflow':<10}" + "".join(f"{c if c != 'other' else 'other procs':>15}" for c in columns))
+        for t in r["throughput"]:
+            print(f"  {t['workflow']:<10}" + "".join(f"{_cell(t['cpu_s'][c], t['window_s']):>15}" for c in columns))
+        print("CPU ms per completed workflow (and per task step)")
+        print(f"  {'workflow':<10}" + "".join(f"{c:>15}" for c in own))
+        for t in r["throughput"]:
+            per, k = t["cpu_ms_per_workflow"], t["tasks_per_workflow"]
+            print(f"  {t['workflow']:<10}" + "".join(f"{f'{per[c]:.2f} ({per[c] / k:.2f})':>15}" for c in own))
+        print("Per completed workflow, counted in the window (HTTP exchanges by route; PostgreSQL transactions")
+        print("committed in our database, read-only ones included; Redis commands, the whole Redis server)")
+        for t in r["throughput"]:
+            for group, counts in t["per_workflow"].items():
+                if counts:
+                    cells = ", ".join(f"{key} {v:.2f}" for key, v in counts.items())
+                    print(f"  {t['workflow']:<10}{group:<13}{cells}")
+    for key in ("timers_paced", "timers"):
+        if key not in r:
+            continue
+        tm = r[key]
+        print()
+        if tm["pace_s"] is not None:
+            how = f"started one every {tm['pace_s'] * 1000:g} ms (a light load)"
+        else:
+            how = (
+                f"started at once ({tm['start_concurrency']} start calls in flight: {tm['start_s']:.2f} s, "
+                f"{tm['starts_per_s']:.0f}/s)"
+            )
+        print(
+            f"Timer precision: {tm['runs']} runs of bench-sleep {how}, each sleeping {tm['sleep_ms']} ms; "
+            f"deadlines spread over {tm['deadline_spread_s']:.2f} s; all done in {tm['total_s']:.1f} s"
+        )
+        print(f"  {'ms':<40}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'mean':>9}")
+        rows = [("lateness (after − before − sleep)", tm["lateness"])]
+        rows += [
+            ("  deadline → queued (server timer)", tm["lateness_parts"]["timer"]),
+            ("  queued → running (delivery + claim)", tm["lateness_parts"]["delivery"]),
+            ("  running → 2nd clock (replay, task)", tm["lateness_parts"]["resume"]),
+        ]
+        for label, row in rows:
+            print(
+                f"  {label:<40}{row['p50_ms']:>9.1f}{row['p90_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+                f"{row['max_ms']:>9.1f}{row['mean_ms']:>9.1f}"
+            )
+    if "waiting" in r:
+        w = r["waiting"]
+        rss = w["rss_kb"]
+        print()
+        print(
+            f"Cost of waiting: {w['runs']} runs of bench-wait sleeping {w['sleep_ms'] // 60_000} min; started in "
+            f"{w['start_s']:.1f} s, all asleep after {w['asleep_s']:.1f} s ({w['runs_put_to_sleep_per_s']:.0f} runs/s); "
+            f"server counts {w['server_counts']}"
+        )
+        growth_kb = rss["all_asleep"]["VmRSS"] - rss["before"]["VmRSS"]
+        print(
+            f"  server RSS: {rss['before']['VmRSS'] / 1024:.1f} MiB before, {rss['all_asleep']['VmRSS'] / 1024:.1f} MiB "
+            f"once all asleep ({growth_kb / 1024:+.1f} MiB, {growth_kb * 1024 / w['runs']:+.0f} B per run), "
+            f"{rss['after_window']['VmRSS'] / 1024:.1f} MiB after the window (peak {rss['after_window']['VmHWM'] / 1024:.1f} MiB)"
+        )
+        db = w["db_bytes"]
+        print(
+            f"  database: {db['before'] / 2**20:.1f} MiB before, {db['all_asleep'] / 2**20:.1f} MiB once all asleep "
+            f"({(db['all_asleep'] - db['before']) / w['runs']:+.0f} B per sleeping run)"
+        )
+        columns = [c for c in w["waiting"]["cpu_s"] if c not in ("other", "idle")] + ["other", "idle"]
+        print("  CPU, ms per second of wall time (1000 = one core busy)")
+        print(f"  {'':<34}" + "".join(f"{c if c != 'other' else 'other procs':>12}" for c in columns))
+        for label, win in (
+            (f"idle, nothing waiting ({w['idle']['window_s']:.0f} s)", w["idle"]),
+            (f"{w['runs']} runs asleep ({w['waiting']['window_s']:.0f} s)", w["waiting"]),
+        ):
+            print(f"  {label:<34}" + "".join(f"{win['cpu_ms_per_s'][c]:>12.1f}" for c in columns))
     print()
-    columns = ("server", "worker", "driver", "other", "idle")
-    print(f"CPU during each throughput window: CPU seconds (cores = CPU s / window s), {cfg['cpus']} cores in all")
-    print(f"  {'workflow':<10}" + "".join(f"{name if name != 'other' else 'other procs':>15}" for name in columns))
-    for r in summary["throughput"]:
-        cpu, w = r["cpu_s"], r["window_s"]
-        print(f"  {r['workflow']:<10}" + "".join(f"{f'{cpu[n]:.2f} ({cpu[n] / w:.2f})':>15}" for n in columns))
-    print("CPU ms per completed workflow (and per task step)")
-    print(f"  {'workflow':<10}" + "".join(f"{name:>15}" for name in columns[:3]))
-    for r in summary["throughput"]:
-        per, k = r["cpu_ms_per_workflow"], r["tasks_per_workflow"]
-        print(f"  {r['workflow']:<10}" + "".join(f"{f'{per[n]:.2f} ({per[n] / k:.2f})':>15}" for n in columns[:3]))
-    runs = summary["runs"]
-    print()
+    runs = r.get("runs", {})
     print(
         "Runs checked: "
-        + ", ".join(
-            f"{name} {runs['completed'].get(name, 0)}/{runs['started'].get(name, 0)} completed correctly "
-            f"(server: {runs['server_counts'].get(name, {})})"
-            for name in ("bench-1", "bench-10")
-        )
+        + ", ".join(f"{n} {runs['as_expected'].get(n, 0)}/{s} as expected" for n, s in runs.get("started", {}).items())
+        + f"; server counts: {r.get('server_counts', '?')}"
     )
     print(
-        f"Processes: worker exit {summary['exit_codes']['worker']}, server exit {summary['exit_codes']['server']}; "
-        f"worker run executions {summary['worker_executions']}; warning/error log lines: "
-        + ", ".join(f"{name} {len(lines)}" for name, lines in summary["log_problems"].items())
-        + f"; total wall time {summary['wall_s']:.1f} s"
+        f"Processes: exit codes {r.get('exit_codes', '?')}; worker run executions {r.get('worker_executions', '?')} "
+        f"(needed {runs.get('needed_executions', '?')}); mode wall time {r['wall_s']:.1f} s; "
+        f"load average {r['loadavg_before']} before, {r['loadavg_after']} after"
     )
-    if summary["failures"]:
-        print(f"FAILED: {len(summary['failures'])} problem(s); first: {summary['failures'][0]}")
+    if r["failures"]:
+        print(f"FAILED: {len(r['failures'])} problem(s); first: {r['failures'][0]}")
     else:
-        print("OK: every run completed with the expected output")
+        print("OK: every run ended as expected")
 
 
-def _finite(value: Any) -> Any:
-    """NaN (a statistic of nothing) as JSON null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+def print_summary(results: list[dict[str, Any]]) -> None:
+    print()
+    print("=== summary")
+    print(
+        f"  {'mode':<16}{'idle p50':>10}{'idle p99':>10}{'1-task wf/s':>13}{'10-task wf/s':>14}{'steps/s':>9}"
+        f"{'timer p50':>11}{'timer p99':>11}{'RSS Δ/10k':>11}{'srv CPU idle→asleep':>21}"
+    )
+    for r in results:
+        lat = r.get("idle_latency", {}).get("total", {})
+        tp = {t["workflow"]: t for t in r.get("throughput", [])}
+        tm = r.get("timers", {}).get("lateness", {})
+        w = r.get("waiting")
+
+        def f(value: Any, fmt: str) -> str:
+            return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+        rss = "-"
+        cpu = "-"
+        if w:
+            rss = f"{(w['rss_kb']['all_asleep']['VmRSS'] - w['rss_kb']['before']['VmRSS']) / 1024:+.1f} MiB"
+            cpu = f"{w['idle']['cpu_ms_per_s']['server']:.1f}→{w['waiting']['cpu_ms_per_s']['server']:.1f} ms/s"
+        steps = max((t["task_steps_per_s"] for t in tp.values()), default=None)
+        print(
+            f"  {r['mode']:<16}{f(lat.get('p50_ms'), '.2f'):>10}{f(lat.get('p99_ms'), '.2f'):>10}"
+            f"{f(tp.get('bench-1', {}).get('workflows_per_s'), '.1f'):>13}"
+            f"{f(tp.get('bench-10', {}).get('workflows_per_s'), '.1f'):>14}{f(steps, '.0f'):>9}"
+            f"{f(tm.get('p50_ms'), '.1f'):>11}{f(tm.get('p99_ms'), '.1f'):>11}{rss:>11}{cpu:>21}"
+        )
 
 
-# -- main -------------------------------------------------------------------------------------
+# -- main -------------------------------------------------------------------------------------------
+
+
+def versions(modes: list[str], args: argparse.Namespace) -> dict[str, str]:
+    out = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": str(os.cpu_count())}
+    if "postgres-redis" in modes:
+        try:
+            out["postgresql"] = psql(args.pg_url, "SHOW server_version")
+        except (RuntimeError, FileNotFoundError) as exc:
+            out["postgresql"] = f"unreachable: {exc}"
+        try:
+            import redis
+
+            with redis.Redis.from_url(args.redis_url, socket_timeout=5) as r:
+                out["redis"] = str(r.info("server")["redis_version"])
+        except Exception as exc:
+            out["redis"] = f"unreachable: {exc}"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.core", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--mode", choices=[*MODES, "all"], default="all", help="which deployment(s) (default all)")
+    parser.add_argument("--core", action="store_true", help="run the core section (latency, throughput)")
+    parser.add_argument("--timers", action="store_true", help="run the timer-precision section")
+    parser.add_argument("--waiting", action="store_true", help="run the cost-of-waiting section")
     parser.add_argument("--seconds", type=float, default=10.0, help="each throughput window (default 10)")
-    parser.add_argument("--json", type=Path, help="also write the summary as JSON to this path")
     parser.add_argument("--concurrency", type=int, default=50, help="runs in flight and worker slots (default 50)")
-    parser.add_argument("--batch", type=int, default=10, help="the worker's polling max_batch_size (default 10)")
+    parser.add_argument("--batch", type=int, default=10, help="the polling worker's max_batch_size (default 10)")
+    parser.add_argument("--timer-runs", type=int, default=TIMER_RUNS, help=f"(default {TIMER_RUNS})")
+    parser.add_argument("--wait-runs", type=int, default=WAIT_RUNS, help=f"(default {WAIT_RUNS})")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_ADMIN_URL, help="PostgreSQL admin URL (CREATE/DROP DATABASE)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis URL with a database number of our own")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="AIKI_X=VALUE",
+        help="another setting for the server process (repeatable), e.g. AIKI_DB_POOL_MAX_SIZE=40",
+    )
+    parser.add_argument("--json", type=Path, help="also write the summary as JSON to this path")
     args = parser.parse_args(argv)
+    for kv in args.server_env:
+        if not kv.startswith("AIKI_") or "=" not in kv:
+            parser.error(f"--server-env takes AIKI_NAME=VALUE, got {kv!r}")
+    sections = [s for s in SECTIONS if getattr(args, s)] or list(SECTIONS)
+    modes = list(MODES) if args.mode == "all" else [args.mode]
     began = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="aiki-bench-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    db_url = f"sqlite:///{tmp / 'bench.db'}"
-    server_args = [sys.executable, "-m", "aiki_server", "--host", "127.0.0.1", "--port", str(port)]
-    server_args += ["--database-url", db_url, "--log-level", "WARNING"]
-    server = Process("server", server_args, tmp / "server.log")
-    worker_args = [sys.executable, "-m", "bench.workflows", "--url", url]
-    worker_args += ["--concurrency", str(args.concurrency), "--batch", str(args.batch)]
-    worker = Process("worker", worker_args, tmp / "worker.log")
-    failures: list[str] = []
-    summary: dict[str, Any] = {}
-    keep_logs = False
-    try:
-        print(f"starting aiki-server on {url} (SQLite in {tmp}) and a worker ...", flush=True)
-        server.start()
-        wait_ready(server, url)
-        worker.start()
-        ready = wait_for_line(worker, "ready ")
-        worker_loop = ready.rsplit("loop=", 1)[-1]
-        result = run_loop(
-            drive(
-                url,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                pids={"server": server.pid, "worker": worker.pid, "driver": os.getpid()},
-            )
-        )
-        failures.extend(result["runs"]["failures"])
-        worker.check_alive()
-        server.check_alive()
-        exit_codes = {"worker": worker.stop(), "server": server.stop()}
-        for name, code in exit_codes.items():
-            if code != 0:
-                failures.append(f"the {name} exited with {code} after SIGTERM")
-        # The worker reports how many run executions it finished: one per run unless some run
-        # was executed again (abandoned, fenced, re-claimed), which a clean benchmark never needs.
-        stopped = find_line(worker, "stopped after ")
-        executions = int(stopped.split()[2]) if stopped else -1
-        runs_total = sum(result["runs"]["started"].values())
-        if executions != runs_total:
-            failures.append(f"the worker finished {executions} run executions for {runs_total} runs")
-        log_problems = {p.name: p.problem_lines() for p in (server, worker)}
-        for name, lines in log_problems.items():
-            if lines:
-                failures.append(f"the {name} logged {len(lines)} warning/error line(s), first: {lines[0]}")
+    env = versions(modes, args)
+    print(
+        f"aiki benchmark: modes {', '.join(modes)}; sections {', '.join(sections)}; "
+        + ", ".join(f"{k} {v}" for k, v in env.items()),
+        flush=True,
+    )
+    results = []
+    for mode in modes:
+        r = run_mode(mode, sections, args)
+        results.append(r)
+        print_mode(r, args)
+    wall = time.perf_counter() - began
+    if len(results) > 1:
+        print_summary(results)
+    failures = [f"{r['mode']}: {f}" for r in results for f in r["failures"]]
+    print()
+    print(f"total wall time {wall:.1f} s")
+    if failures:
+        print(f"FAILED: {len(failures)} problem(s); first: {failures[0]}")
+    else:
+        print("OK: every section of every mode checked out")
+    if args.json:
         summary = {
-            "config": {
-                "seconds": args.seconds,
-                "concurrency": args.concurrency,
-                "batch": args.batch,
-                "latency_runs": LATENCY_RUNS,
-                "latency_warmup_runs": LATENCY_WARMUP_RUNS,
-                "throughput_warmup_s": THROUGHPUT_WARMUP_S,
-                "database": "sqlite",
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "worker_loop": worker_loop,
-            },
-            **result,
-            "exit_codes": exit_codes,
-            "worker_executions": executions,
-            "log_problems": log_problems,
+            "versions": env,
+            "sections": sections,
+            "args": vars(args) | {"json": str(args.json)},
+            "results": results,
+            "wall_s": wall,
             "failures": failures,
-            "wall_s": time.perf_counter() - began,
         }
-        print_report(summary)
-        if args.json:
-            args.json.write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n")
-            print(f"JSON summary written to {args.json}")
-    except Exception as exc:
-        keep_logs = True
-        failures.append(f"{type(exc).__name__}: {exc}")
-        print(f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-    except BaseException:
-        keep_logs = True
-        raise
-    finally:
-        worker.kill()
-        server.kill()
-        if failures or keep_logs:
-            for process in (server, worker):
-                tail = process.log_tail()
-                if tail:
-                    print(f"--- last lines of the {process.name} log ---\n{tail}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+        args.json.write_text(json.dumps(finite(summary), indent=2, allow_nan=False, default=str) + "\n")
+        print(f"JSON summary written to {args.json}")
     return 1 if failures else 0
 
 

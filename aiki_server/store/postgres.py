@@ -32,6 +32,10 @@ _UNAVAILABLE = (
 )
 
 
+async def _keep_connection_as_is(conn: asyncpg.Connection) -> None:
+    pass
+
+
 class PostgresTx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -75,6 +79,9 @@ class PostgresBackend:
             min_size=self._min_size,
             max_size=self._max_size,
             command_timeout=self._command_timeout_s,
+            # No reset on release: the store keeps no session state (its only advisory lock is
+            # transaction-scoped), and the default reset costs a round trip per transaction.
+            reset=_keep_connection_as_is,
         )
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
