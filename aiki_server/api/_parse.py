@@ -80,6 +80,16 @@ def identifier(value: str, name: str) -> str:
     return value
 
 
+def texts(
+    body: dict[str, Any], name: str, *, required: bool = False, max_items: int = 10_000, max_len: int = _MAX_NAME
+) -> list[str]:
+    """A JSON array of non-empty strings, each checked like `text`."""
+    return [
+        required_text({f"{name}[{i}]": item}, f"{name}[{i}]", max_len=max_len)
+        for i, item in enumerate(array(body, name, required=required, max_items=max_items))
+    ]
+
+
 def integer(
     body: dict[str, Any], name: str, *, required: bool = False, minimum: int = 0, maximum: int = 2**62
 ) -> int | None:

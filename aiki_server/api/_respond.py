@@ -41,3 +41,7 @@ def run_body(run: Run) -> dict[str, Any]:
 
 def task_body(task: dict[str, Any]) -> dict[str, Any]:
     return {**task, "output": stored(task["output"]), "error": stored(task["error"])}
+
+
+def wait_body(wait: dict[str, Any]) -> dict[str, Any]:
+    return {**wait, "data": stored(wait["data"])}

@@ -11,7 +11,7 @@ from aiki_client.wire import MAX_WAIT_MS
 from .. import errors
 from ..services.runs import RunService, StartRequest
 from . import _parse as p
-from ._respond import json_response, run_body, stored, task_body
+from ._respond import json_response, run_body, stored, task_body, wait_body
 
 bp = Blueprint("runs", url_prefix="/v1/runs")
 
@@ -59,13 +59,13 @@ async def get_run(request: Request, run_id: str) -> HTTPResponse:
 
 @bp.get("/<run_id:str>/tasks")
 async def get_run_tasks(request: Request, run_id: str) -> HTTPResponse:
-    _, tasks, _ = await _service(request).details(run_id)
+    tasks = await _service(request).tasks(run_id)
     return json_response({"tasks": [task_body(t) for t in tasks]})
 
 
 @bp.get("/<run_id:str>/history")
 async def get_run_history(request: Request, run_id: str) -> HTTPResponse:
-    _, _, history = await _service(request).details(run_id)
+    history = await _service(request).history(run_id)
     return json_response({"history": [{**h, "detail": stored(h["detail"])} for h in history]})
 
 
@@ -79,7 +79,7 @@ async def cancel_run(request: Request, run_id: str) -> HTTPResponse:
 @bp.get("/<run_id:str>/waits")
 async def get_run_waits(request: Request, run_id: str) -> HTTPResponse:
     waits = await _service(request).waits(run_id)
-    return json_response({"waits": [{**w, "data": stored(w["data"])} for w in waits]})
+    return json_response({"waits": [wait_body(w) for w in waits]})
 
 
 @bp.post("/<run_id:str>/events")
@@ -115,11 +115,8 @@ events_bp = Blueprint("events", url_prefix="/v1/events")
 @events_bp.post("/multicast")
 async def multicast(request: Request) -> HTTPResponse:
     body = p.body_object(request)
-    run_ids = [p.required_text({"run_id": r}, "run_id") for r in p.array(body, "run_ids", required=False)]
-    reference_ids = [
-        p.required_text({"reference_id": r}, "reference_id", max_len=256)
-        for r in p.array(body, "reference_ids", required=False)
-    ]
+    run_ids = p.texts(body, "run_ids")
+    reference_ids = p.texts(body, "reference_ids", max_len=256)
     workflow = p.text(body, "workflow", required=reference_ids != [])
     if not run_ids and not reference_ids:
         raise errors.invalid("give 'run_ids' and/or 'reference_ids' (with 'workflow')")

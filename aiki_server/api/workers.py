@@ -13,7 +13,7 @@ from ..services.workers import WorkerService
 from ..store import NewChild, NewWait, NextState, TaskOutcome, queue_key
 from . import _parse as p
 from ._parse import input_hash
-from ._respond import json_response, stored, task_body
+from ._respond import json_response, stored, task_body, wait_body
 
 bp = Blueprint("workers", url_prefix="/v1")
 
@@ -29,7 +29,7 @@ def _service(request: Request) -> WorkerService:
 async def claim(request: Request) -> HTTPResponse:
     body = p.body_object(request)
     worker_id = p.required_text(body, "worker_id")
-    shard_keys = [p.required_text({"shard_key": s}, "shard_key") for s in p.array(body, "shard_keys", required=False)]
+    shard_keys = p.texts(body, "shard_keys")
     queues: list[str] = []
     for i, wf in enumerate(p.array(body, "workflows", max_items=1000)):
         wf = p.obj(wf, f"workflows[{i}]")
@@ -42,7 +42,7 @@ async def claim(request: Request) -> HTTPResponse:
         raise errors.invalid("'workflows' must name at least one workflow version")
     run_ids = None
     if "run_ids" in body:
-        run_ids = [p.required_text({"run_id": r}, "run_id") for r in p.array(body, "run_ids", max_items=_MAX_CLAIM)]
+        run_ids = p.texts(body, "run_ids", required=True, max_items=_MAX_CLAIM)
     max_runs = p.integer(body, "max_runs", minimum=1, maximum=_MAX_CLAIM) or (len(run_ids) if run_ids else 1)
     wait_ms = p.integer(body, "wait_ms", maximum=MAX_WAIT_MS) or 0
     claimed = await _service(request).claim(worker_id, queues, max_runs, wait_ms, run_ids)
@@ -57,7 +57,7 @@ async def claim(request: Request) -> HTTPResponse:
                     "attempts": c.run.attempts,
                     "input": stored(c.run.input_json),
                     "tasks": [task_body(t) for t in c.tasks],
-                    "waits": [{**w, "data": stored(w["data"])} for w in c.waits],
+                    "waits": [wait_body(w) for w in c.waits],
                     "events": [{**e, "data": stored(e["data"])} for e in c.events],
                     "children": [
                         {**ch, "output": stored(ch["output"]), "error": stored(ch["error"])} for ch in c.children
@@ -146,7 +146,7 @@ def _next_state(raw: object) -> NextState | None:
         error_json=p.json_text(p.obj(then["error"], "then.error")) if then.get("error") is not None else None,
         wake_at_ms=p.integer(then, "wake_at_ms", maximum=2**53),
         detail_json=detail,
-        waiting_on=tuple(p.required_text({"id": c}, "id") for c in p.array(then, "waiting_on", required=False)),
+        waiting_on=tuple(p.texts(then, "waiting_on")),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -78,10 +77,13 @@ class RunService:
                 return run
             await self._notifier.wait([finished_key(run_id)], min(remaining, RECHECK_S))
 
-    async def details(self, run_id: str) -> tuple[Run, list[dict[str, Any]], list[dict[str, Any]]]:
-        run = await self.get(run_id)
-        tasks, history = await asyncio.gather(self._store.list_tasks(run_id), self._store.list_history(run_id))
-        return run, tasks, history
+    async def tasks(self, run_id: str) -> list[dict[str, Any]]:
+        await self.get(run_id)  # NotFound for an unknown run, not an empty list
+        return await self._store.list_tasks(run_id)
+
+    async def history(self, run_id: str) -> list[dict[str, Any]]:
+        await self.get(run_id)
+        return await self._store.list_history(run_id)
 
     async def waits(self, run_id: str) -> list[dict[str, Any]]:
         await self.get(run_id)
