@@ -9,22 +9,24 @@ Global options (before the command): `--url` / AIKI_URL, `--api-key` / AIKI_API_
 (also accepted after any command). Exit codes: 0 done, 1 the server said no or could not be
 reached, 2 the command line was wrong.
 
-It talks to the HTTP API with a plain synchronous httpx client rather than the SDK: a command
-is one or a few requests, and an operator wants a quick, clear error when the server is down,
-not the SDK's 30 s of retries. It must never import aiki_server (nor sanic, uvloop, orjson):
-it ships with the light client package.
+It talks to the HTTP API through the SDK's transport, with retries off: a command is one or a
+few requests, and an operator wants a quick, clear error when the server is down, not the SDK's
+30 s of retries. It must never import aiki_server (nor sanic, uvloop, orjson): it ships with the
+light client package.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-import httpx
 
+from ._transport import Transport
+from .errors import AikiError, ServerUnavailable, Unauthorized
 from .wire import API_PREFIX, RunState
 
 __all__ = ["cli", "main"]
@@ -46,41 +48,33 @@ class ServerError(click.ClickException):
 class Api:
     """The few HTTP calls the CLI makes, with errors turned into one readable line."""
 
-    def __init__(self, url: str, api_key: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, api_key: str | None) -> None:
         self.url = url.rstrip("/")
-        headers = {"accept": "application/json"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        try:
+            self._transport = Transport(self.url, api_key=api_key, retry_for_s=0)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+        self._loop = asyncio.new_event_loop()
 
     def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        request = self._transport.request(method, f"{API_PREFIX}{path}", body, params=params)
         try:
-            resp = self._http.request(method, f"{API_PREFIX}{path}", json=body, params=params)
-        except httpx.HTTPError as exc:
-            raise ServerError(
-                f"cannot reach the aiki server at {self.url} ({type(exc).__name__}: {exc}); "
-                "is it running? Point --url or AIKI_URL at it."
-            ) from None
-        if resp.status_code >= 400:
-            raise ServerError(_error_line(resp))
-        try:
-            return resp.json()
+            return self._loop.run_until_complete(request)
+        except ServerUnavailable as exc:
+            if exc.code is None:  # no answer at all, not a 5xx
+                raise ServerError(
+                    f"cannot reach the aiki server at {self.url} ({exc}); is it running? Point --url or AIKI_URL at it."
+                ) from None
+            raise ServerError(f"{exc} [{exc.code}]") from None
+        except AikiError as exc:
+            hint = " (give the key with --api-key or AIKI_API_KEY)" if isinstance(exc, Unauthorized) else ""
+            raise ServerError(f"{exc}{hint} [{exc.code}]") from None
         except ValueError:
             raise ServerError(f"{method} {path}: the server answered with something that is not JSON") from None
 
     def close(self) -> None:
-        self._http.close()
-
-
-def _error_line(resp: httpx.Response) -> str:
-    try:
-        err = resp.json()["error"]
-        message, code = str(err["message"]), str(err["code"])
-    except (ValueError, KeyError, TypeError):
-        message, code = resp.text[:300] or resp.reason_phrase, f"HTTP {resp.status_code}"
-    if resp.status_code == 401:
-        message += " (give the key with --api-key or AIKI_API_KEY)"
-    return f"{message} [{code}]"
+        self._loop.run_until_complete(self._transport.close())
+        self._loop.close()
 
 
 class Context:

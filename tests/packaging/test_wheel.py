@@ -80,7 +80,7 @@ def test_make_dist_builds_sdists_and_pure_wheels_of_both(dists: Path) -> None:
         assert fields["Root-Is-Purelib"] == "true", wheel.name
 
     _, client_requires = wheel_metadata(CLIENT_WHEEL)
-    assert sorted(r.split(">")[0].split("=")[0] for r in client_requires) == ["click", "httpx", "redis"]
+    assert sorted(r.split(">")[0].split("=")[0] for r in client_requires) == ["click", "redis"]
     _, server_requires = wheel_metadata(SERVER_WHEEL)
     assert f"aiki-client=={VERSION}" in server_requires
 
@@ -101,7 +101,7 @@ def test_client_wheel_pulls_in_nothing_compiled(client_venv: Path) -> None:
         name = info.name.split("-")[0].lower()
         if name not in bundled and (info / "WHEEL").is_file():
             installed[name] = dict(Parser().parsestr((info / "WHEEL").read_text()).items())
-    assert {"aiki_client", "httpx", "redis", "click"} <= set(installed)
+    assert {"aiki_client", "redis", "click"} <= set(installed)
     impure = {name: w.get("Tag") for name, w in installed.items() if w.get("Root-Is-Purelib") != "true"}
     assert impure == {}
     assert all("-none-any" in w["Tag"] for w in installed.values()), {n: w["Tag"] for n, w in installed.items()}
