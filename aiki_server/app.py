@@ -96,16 +96,19 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
         timers = Timers(store, notifier, sweep_interval_s=config.sweep_interval_ms / 1000)
         app.ctx.store = store
         app.ctx.timers = timers
-        app.ctx.runs = RunService(store, notifier, timers)
-        app.ctx.workers = WorkerService(store, notifier, timers, claim_idle_timeout_ms=config.claim_idle_timeout_ms)
-        app.ctx.schedules = ScheduleService(store, notifier, timers)
-        timers.due_work.append(app.ctx.schedules.fire_due)
-        app.ctx.daemon = asyncio.get_running_loop().create_task(timers.run_forever(), name="aiki-timers")
         app.ctx.delivery = None
         if config.redis_url:
             app.ctx.delivery = RedisDelivery(
                 store, notifier, config.redis_url, republish_after_ms=config.republish_after_ms
             )
+        app.ctx.runs = RunService(
+            store, notifier, timers, publish=app.ctx.delivery.publish_now if app.ctx.delivery else None
+        )
+        app.ctx.workers = WorkerService(store, notifier, timers, claim_idle_timeout_ms=config.claim_idle_timeout_ms)
+        app.ctx.schedules = ScheduleService(store, notifier, timers)
+        timers.due_work.append(app.ctx.schedules.fire_due)
+        app.ctx.daemon = asyncio.get_running_loop().create_task(timers.run_forever(), name="aiki-timers")
+        if app.ctx.delivery is not None:
             await app.ctx.delivery.start()
 
     @app.after_server_stop

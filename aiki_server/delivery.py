@@ -51,6 +51,8 @@ class RedisDelivery:
         self._stream_max_len = stream_max_len
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._direct: list[tuple[str, str]] = []  # started runs to publish now
+        self._direct_task: asyncio.Task[None] | None = None
         self._origin = f"{os.getpid()}:{id(self)}"  # to ignore our own bus messages
         self.last_error: str | None = None
 
@@ -62,6 +64,8 @@ class RedisDelivery:
         ]
 
     async def stop(self) -> None:
+        if self._direct_task is not None:
+            self._tasks.append(self._direct_task)  # what it has not sent is republished later
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -78,8 +82,8 @@ class RedisDelivery:
 
     # -- local notifications → publisher and other servers ------------------------------------------
 
-    def _on_local_notify(self, keys: set[str]) -> None:
-        if any(not k.startswith(_RUN_KEY_PREFIX) for k in keys):
+    def _on_local_notify(self, keys: set[str], published: bool) -> None:
+        if not published and any(not k.startswith(_RUN_KEY_PREFIX) for k in keys):
             self._ready.set()  # a queue got a ready run: publish it now
         task = asyncio.get_running_loop().create_task(self._broadcast(keys))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -107,6 +111,28 @@ class RedisDelivery:
                 delay = min(delay * 2, 5.0)
 
     # -- ready runs → streams -------------------------------------------------------------------------
+
+    def publish_now(self, run_id: str, queue: str) -> None:
+        """Publish a run that was stored as published (a start): runs arriving together go out in
+        one pipeline."""
+        self._direct.append((run_id, queue))
+        if self._direct_task is None or self._direct_task.done():
+            self._direct_task = asyncio.get_running_loop().create_task(self._publish_direct())
+
+    async def _publish_direct(self) -> None:
+        while self._direct:
+            batch, self._direct = self._direct, []
+            try:
+                await self._publish(batch)
+            except (RedisError, OSError) as exc:
+                # Hand them back to the publisher, which retries (or, if the database cannot be
+                # told either, republishes them after its delay).
+                log.warning("publishing %d started run(s) failed: %s", len(batch), exc)
+                try:
+                    await self._store.unpublish([run_id for run_id, _ in batch])
+                except Exception:
+                    log.exception("could not hand %d run(s) back to the publisher", len(batch))
+                self._ready.set()
 
     async def _publish(self, ready: list[tuple[str, str]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 class Notifier:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
-        # Called with the keys of every local notification (the Redis publisher and bus listen).
-        self.listeners: list[Callable[[set[str]], None]] = []
+        # Called with the keys of every local notification, and whether the ready runs it announces
+        # are already published (the Redis publisher and bus listen).
+        self.listeners: list[Callable[[set[str], bool], None]] = []
 
     async def wait(self, keys: Iterable[str], timeout: float) -> None:
         """Return when any key is notified, or after `timeout` seconds."""
@@ -37,12 +38,12 @@ class Notifier:
     def notify(self, key: str) -> None:
         self.notify_all([key])
 
-    def notify_all(self, keys: Iterable[str]) -> None:
+    def notify_all(self, keys: Iterable[str], *, published: bool = False) -> None:
         keys = set(keys)
         if keys:
             self.wake_local(keys)
             for listener in self.listeners:
-                listener(keys)
+                listener(keys, published)
 
     def wake_local(self, keys: Iterable[str]) -> None:
         """Wake this process's waiters only (for notifications that came from another server)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +33,15 @@ class StartRequest:
 
 
 class RunService:
-    def __init__(self, store: Store, notifier: Notifier, timers: Timers) -> None:
+    def __init__(
+        self, store: Store, notifier: Notifier, timers: Timers, publish: Callable[[str, str], None] | None = None
+    ) -> None:
         self._store = store
         self._notifier = notifier
         self._timers = timers
+        # With Redis delivery: publish a started run's (id, queue) at once, not on the publisher's
+        # next pass (which would cost another transaction).
+        self._publish = publish
 
     async def start(self, req: StartRequest) -> tuple[Run, bool]:
         now = now_ms()
@@ -57,10 +63,13 @@ class RunService:
                 wake_at_ms=wake_at,
             ),
             now,
+            published=self._publish is not None,
         )
         if created:
             if run.wake_at_ms is None:
-                self._notifier.notify(run.queue)
+                if self._publish is not None:
+                    self._publish(run.id, run.queue)
+                self._notifier.notify_all([run.queue], published=self._publish is not None)
             else:
                 self._timers.poke(run.wake_at_ms)
         return run, created

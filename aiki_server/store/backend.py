@@ -28,10 +28,21 @@ class Tx(Protocol):
 
 
 class Backend(Protocol):
+    # PostgreSQL runs data-modifying WITH clauses: several writes in one statement, atomic by itself
+    # and one network round trip (the store's hot paths use them there; SQLite, whose statements
+    # cost no round trip, runs the same steps as separate statements of a transaction).
+    writes_in_one_statement: bool
+
     async def open(self) -> None:
         """Connect and bring the schema up to date (numbered migrations)."""
         ...
 
     async def close(self) -> None: ...
 
-    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]: ...
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
+        """A transaction; `readonly` ones hold a single statement (which sees one snapshot by itself)."""
+        ...
+
+    def statement(self) -> AbstractAsyncContextManager[Tx]:
+        """A connection for one statement that commits by itself: no BEGIN and COMMIT round trips."""
+        ...

@@ -150,9 +150,11 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
 
-    async def insert_run(self, new: NewRun, now_ms: int) -> tuple[Run, bool]:
+    async def insert_run(self, new: NewRun, now_ms: int, *, published: bool = False) -> tuple[Run, bool]:
         """Insert a run; returns (run, created). An existing run with the same id or the same
-        (workflow, reference_id) is returned as is when it matches, else ApiError(conflict)."""
+        (workflow, reference_id) is returned as is when it matches, else ApiError(conflict).
+        `published`: the caller publishes a ready run itself once this commits, so it is marked
+        published now (and, if that message is lost, republished after the usual delay)."""
         ...
 
     async def get_run(self, run_id: str) -> Run | None: ...
@@ -184,6 +186,10 @@ class Store(Protocol):
     ) -> int:
         """Hand ready runs not yet published (or whose message may be lost) to `publish`, and
         mark them published in the same transaction; returns how many."""
+        ...
+
+    async def unpublish(self, run_ids: list[str]) -> None:
+        """Publishing these ready runs failed: the publisher takes them on its next pass."""
         ...
 
     async def checkpoint(

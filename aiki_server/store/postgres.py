@@ -66,6 +66,8 @@ class PostgresTx:
 
 
 class PostgresBackend:
+    writes_in_one_statement = True
+
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 20, command_timeout_s: float = 30.0) -> None:
         self.url = url
         self._min_size = min_size
@@ -105,10 +107,25 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        if readonly:
+            # The store's reads are single statements: BEGIN and COMMIT would only add round trips.
+            async with self.statement() as tx:
+                yield tx
+            return
         if self._pool is None:
             raise errors.StoreUnavailable("the PostgreSQL store is closed")
         try:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield PostgresTx(conn)
+        except _UNAVAILABLE as exc:
+            raise errors.StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[Tx]:
+        if self._pool is None:
+            raise errors.StoreUnavailable("the PostgreSQL store is closed")
+        try:
+            async with self._pool.acquire() as conn:
                 yield PostgresTx(conn)
         except _UNAVAILABLE as exc:
             raise errors.StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc

@@ -70,7 +70,13 @@ class SqlStore:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    async def insert_run(self, new: NewRun, now_ms: int) -> tuple[Run, bool]:
+    async def insert_run(self, new: NewRun, now_ms: int, *, published: bool = False) -> tuple[Run, bool]:
+        if self.backend.writes_in_one_statement:
+            # A new run and its history line in one statement; any clash takes the general path.
+            async with self.backend.statement() as tx:
+                run = await _insert_run_in_one_statement(tx, new, now_ms, published=published)
+            if run is not None:
+                return run, True
         async with self.backend.transaction() as tx:
             existing = None
             if new.reference_id is not None:
@@ -92,7 +98,7 @@ class SqlStore:
             if existing is not None:
                 return existing, False
             try:
-                return await _insert_run(tx, new, now_ms), True
+                return await _insert_run(tx, new, now_ms, published=published), True
             except UniqueViolation:
                 # Another server inserted the same run (id or reference id) at the same moment.
                 raise errors.unavailable("concurrent start of the same run; retry") from None
@@ -135,60 +141,58 @@ class SqlStore:
         claim_expires_at_ms: int,
         run_ids: Sequence[str] | None = None,
     ) -> list[Claimed]:
+        # Either the oldest ready runs of these queues, or (a message read from a stream) these very
+        # runs, if they are still ready and in one of the worker's queues. Named runs wait for a row
+        # lock instead of skipping it: the publisher holds it until it has marked the run published,
+        # and the worker may read the message before that.
+        which, lock = ("", "FOR UPDATE SKIP LOCKED") if run_ids is None else (" AND id = ANY($6)", "FOR UPDATE")
+        claim = (
+            "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = $1, claim_expires_at = $2,"
+            " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = $3"
+            f" WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4){which}"
+            f" ORDER BY ready_at LIMIT $5 {lock})"
+            f" RETURNING {_RUN_COLUMNS}"
+        )
+        args = [worker_id, claim_expires_at_ms, now_ms, queues, limit, *([] if run_ids is None else [list(run_ids)])]
+        detail = _json({"worker_id": worker_id})
+        if self.backend.writes_in_one_statement:
+            # The claim, its history line and the runs' unreceived events in one statement; the
+            # rest of what a run recorded (only a run claimed before has any) in a transaction after.
+            async with self.backend.statement() as tx:
+                rows = await tx.fetch(
+                    f"WITH claimed AS ({claim}), history AS (INSERT INTO run_history (run_id, at, state, detail)"
+                    f" SELECT id, $3, 'running', ${len(args) + 1} FROM claimed)"
+                    " SELECT claimed.*, (SELECT json_agg(json_build_array(e.id, e.name, e.data) ORDER BY e.id)"
+                    " FROM events e WHERE e.run_id = claimed.id AND e.wait_id IS NULL) FROM claimed",
+                    *args,
+                    detail,
+                )
+            claimed = [
+                Claimed(
+                    _run(r),
+                    [],
+                    events=[{"id": i, "name": n, "data": d} for i, n, d in orjson.loads(r[-1] or "[]")],
+                )
+                for r in rows
+            ]
+            if any(c.run.revision > 1 for c in claimed):
+                async with self.backend.transaction() as tx:
+                    await _read_records(tx, claimed, now_ms)
+            return claimed
         async with self.backend.transaction() as tx:
-            # Either the oldest ready runs of these queues, or (a message read from a stream) these
-            # very runs, if they are still ready and in one of the worker's queues.
-            # Named runs wait for a row lock instead of skipping it: the publisher holds it until it
-            # has marked the run published, and the worker may read the message before that.
-            which, lock = ("", "FOR UPDATE SKIP LOCKED") if run_ids is None else (" AND id = ANY($6)", "FOR UPDATE")
-            rows = await tx.fetch(
-                "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = $1, claim_expires_at = $2,"
-                " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = $3"
-                f" WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4){which}"
-                f" ORDER BY ready_at LIMIT $5 {lock})"
-                f" RETURNING {_RUN_COLUMNS}",
-                worker_id,
-                claim_expires_at_ms,
-                now_ms,
-                queues,
-                limit,
-                *([] if run_ids is None else [list(run_ids)]),
-            )
+            rows = await tx.fetch(claim, *args)
             if not rows:
                 return []
-            runs = [_run(r) for r in rows]
-            ids = [r.id for r in runs]
-            await _history(tx, ids, now_ms, RunState.RUNNING, _json({"worker_id": worker_id}))
-            # The claim is where waits are observed: what is due now is resolved, once and for all.
-            await tx.execute(
-                "UPDATE waits SET state = CASE kind WHEN 'sleep' THEN 'done' ELSE 'timed_out' END, resolved_at = $1"
-                " WHERE run_id = ANY($2) AND state = 'pending' AND deadline <= $1",
-                now_ms,
-                ids,
-            )
-            history = {r.id: Claimed(r, []) for r in runs}
-            for row in await tx.fetch(
-                f"SELECT run_id, {_TASK_COLUMNS} FROM task_calls WHERE run_id = ANY($1)"
-                " AND state != 'superseded' ORDER BY id",
-                ids,
-            ):
-                history[row[0]].tasks.append(_task(row[1:]))
-            for row in await tx.fetch(
-                "SELECT w.run_id, w.kind, w.name, w.seq, w.state, w.deadline, e.data FROM waits w"
-                " LEFT JOIN events e ON e.id = w.event_id WHERE w.run_id = ANY($1) ORDER BY w.id",
-                ids,
-            ):
-                history[row[0]].waits.append(_wait(row[1:]))
+            claimed = [Claimed(_run(r), []) for r in rows]
+            await _history(tx, [c.run.id for c in claimed], now_ms, RunState.RUNNING, detail)
+            by_id = {c.run.id: c for c in claimed}
             for run_id, event_id, name, data in await tx.fetch(
                 "SELECT run_id, id, name, data FROM events WHERE run_id = ANY($1) AND wait_id IS NULL ORDER BY id",
-                ids,
+                list(by_id),
             ):
-                history[run_id].events.append({"id": event_id, "name": name, "data": data})
-            for parent_id, child_id, state, output, error in await tx.fetch(
-                "SELECT parent_id, id, state, output, error FROM runs WHERE parent_id = ANY($1)", ids
-            ):
-                history[parent_id].children.append({"id": child_id, "state": state, "output": output, "error": error})
-            return list(history.values())
+                by_id[run_id].events.append({"id": event_id, "name": name, "data": data})
+            await _read_records(tx, claimed, now_ms)
+            return claimed
 
     async def checkpoint(
         self,
@@ -203,6 +207,20 @@ class SqlStore:
         waits: Sequence[NewWait] = (),
         children: Sequence[NewChild] = (),
     ) -> Effects:
+        if (
+            self.backend.writes_in_one_statement
+            and not waits
+            and not children
+            and all(t.id is None for t in tasks)
+            and (then is None or then.state in TERMINAL_STATES)
+        ):
+            # The common step (new task outcomes, maybe the run's end) as one statement; anything
+            # it does not cover, or a request it does not apply to, takes the general path below.
+            effects = await self._checkpoint_in_one_statement(
+                run_id, worker_id, revision, seq, tasks, then, now_ms, claim_expires_at_ms
+            )
+            if effects is not None:
+                return effects
         async with self.backend.transaction() as tx:
             effects = Effects()
             row = await tx.fetchrow(
@@ -281,6 +299,75 @@ class SqlStore:
             effects.wake_at_ms = wake_at
             return effects
 
+    async def _checkpoint_in_one_statement(
+        self,
+        run_id: str,
+        worker_id: str,
+        revision: int,
+        seq: int,
+        tasks: list[TaskOutcome],
+        then: NextState | None,
+        now_ms: int,
+        claim_expires_at_ms: int,
+    ) -> Effects | None:
+        """A checkpoint of new task outcomes and, with `then`, the end of a run without a parent,
+        in one PostgreSQL statement. None when the run is not exactly where this checkpoint expects
+        it (held by this worker at this revision, the previous checkpoint applied): the general
+        path then tells a duplicate, a fenced worker or a parent to wake."""
+        args: list[Any] = [seq, run_id, revision, worker_id, now_ms]  # $1 … $5
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if then is None:
+            run_update = f"checkpoint_seq = $1, claim_expires_at = {arg(claim_expires_at_ms)}, updated_at = $5"
+            history = ""
+        else:
+            state = arg(then.state.value)
+            run_update = (
+                f"state = {state}, output = {arg(then.output_json)}, error = {arg(then.error_json)}, wake_at = NULL,"
+                " ready_at = NULL, worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = $1, updated_at = $5,"
+                " announced_at = NULL, announce_count = 0"
+            )
+            history = (
+                ", history AS (INSERT INTO run_history (run_id, at, state, detail)"
+                f" SELECT id, $5, {state}, {arg(then.detail_json or then.error_json)} FROM run)"
+            )
+        calls = ", ".join(
+            f"{arg(values)}::{kind}[]"
+            for values, kind in (
+                ([t.address for t in tasks], "text"),
+                ([t.name for t in tasks], "text"),
+                ([t.state for t in tasks], "text"),
+                ([t.attempts for t in tasks], "int"),
+                ([t.output_json for t in tasks], "text"),
+                ([t.error_json for t in tasks], "text"),
+                ([t.retry_at_ms for t in tasks], "bigint"),
+            )
+        )
+        sql = (
+            f"WITH run AS (UPDATE runs SET {run_update} WHERE id = $2 AND state = 'running' AND revision = $3"
+            f" AND worker_id = $4 AND checkpoint_seq = $1 - 1{'' if then is None else ' AND parent_id IS NULL'}"
+            f" RETURNING id){history},"
+            " calls AS (INSERT INTO task_calls (run_id, address, name, state, attempts, output, error, retry_at,"
+            " created_at, updated_at) SELECT run.id, t.address, t.name, t.state, t.attempts, t.output, t.error,"
+            f" t.retry_at, $5, $5 FROM run, unnest({calls}) AS t(address, name, state, attempts, output, error,"
+            " retry_at))"
+            " SELECT 1 FROM run"
+        )
+        try:
+            async with self.backend.statement() as tx:
+                row = await tx.fetchrow(sql, *args)
+        except UniqueViolation:
+            return None  # nothing was written; the general path reports it
+        if row is None:
+            return None
+        effects = Effects()
+        if then is not None:
+            effects.finished.append(run_id)
+        return effects
+
     async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]], claim_expires_at_ms: int) -> list[str]:
         if not runs:
             return []
@@ -353,6 +440,13 @@ class SqlStore:
                 [run_id for run_id, _ in ready],
             )
             return len(ready)
+
+    async def unpublish(self, run_ids: list[str]) -> None:
+        async with self.backend.transaction() as tx:
+            await tx.execute(
+                "UPDATE runs SET announced_at = NULL, announce_count = 0 WHERE id = ANY($1) AND state = 'queued'",
+                run_ids,
+            )
 
     # -- what happens to a run from outside ------------------------------------------------------
 
@@ -657,19 +751,23 @@ async def _history(tx: Tx, ids: list[str], now_ms: int, state: str, detail: str 
         )
 
 
-async def _insert_run(tx: Tx, new: NewRun, now_ms: int) -> Run:
+_INSERT_RUN = (
+    "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, reference_id, shard_key, parent_id,"
+    " wake_at, ready_at, created_at, updated_at, announced_at, announce_count)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)"
+)
+
+
+def _new_run_values(new: NewRun, now_ms: int, published: bool) -> tuple[Any, ...]:
+    """The values of _INSERT_RUN: a run due now is queued (and, if `published`, marked so)."""
     due = new.wake_at_ms is None or new.wake_at_ms <= now_ms
-    state = RunState.QUEUED if due else RunState.SCHEDULED
-    row = await tx.fetchrow(
-        "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, reference_id, shard_key,"
-        " parent_id, wake_at, ready_at, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)"
-        f" RETURNING {_RUN_COLUMNS}",
+    published = published and due
+    return (
         new.id,
         new.workflow,
         new.version,
         queue_key(new.workflow, new.version, new.shard_key),
-        state.value,
+        (RunState.QUEUED if due else RunState.SCHEDULED).value,
         new.input_json,
         new.input_hash,
         new.reference_id,
@@ -678,9 +776,25 @@ async def _insert_run(tx: Tx, new: NewRun, now_ms: int) -> Run:
         None if due else new.wake_at_ms,
         now_ms if due else None,
         now_ms,
+        now_ms if published else None,
+        1 if published else 0,
     )
-    await _history(tx, [new.id], now_ms, state)
-    return _run(row)
+
+
+async def _insert_run(tx: Tx, new: NewRun, now_ms: int, *, published: bool = False) -> Run:
+    run = _run(await tx.fetchrow(f"{_INSERT_RUN} RETURNING {_RUN_COLUMNS}", *_new_run_values(new, now_ms, published)))
+    await _history(tx, [run.id], now_ms, run.state)
+    return run
+
+
+async def _insert_run_in_one_statement(tx: Tx, new: NewRun, now_ms: int, *, published: bool) -> Run | None:
+    """_insert_run as one PostgreSQL statement, which inserts nothing (None) on any clash of ids."""
+    row = await tx.fetchrow(
+        f"WITH run AS ({_INSERT_RUN} ON CONFLICT DO NOTHING RETURNING {_RUN_COLUMNS}), history AS"
+        " (INSERT INTO run_history (run_id, at, state) SELECT id, $13, state FROM run) SELECT * FROM run",
+        *_new_run_values(new, now_ms, published),
+    )
+    return _run(row) if row else None
 
 
 async def _insert_child(tx: Tx, parent_id: str, child: NewChild, now_ms: int) -> None:
@@ -733,6 +847,37 @@ async def _record_task(tx: Tx, run_id: str, t: TaskOutcome, now_ms: int) -> None
     )
     if changed == 0:
         raise errors.conflict(f"task call {t.id} of run {run_id} is not awaiting a retry")
+
+
+async def _read_records(tx: Tx, claimed: list[Claimed], now_ms: int) -> None:
+    """What the runs just claimed recorded before: task calls, waits (those due now resolved here,
+    where waits are observed, once and for all) and child runs. A run claimed for the first time
+    (revision 1) has none: they are all written by checkpoints of a claim holder."""
+    by_id = {c.run.id: c for c in claimed if c.run.revision > 1}
+    if not by_id:
+        return
+    ids = list(by_id)
+    await tx.execute(
+        "UPDATE waits SET state = CASE kind WHEN 'sleep' THEN 'done' ELSE 'timed_out' END, resolved_at = $1"
+        " WHERE run_id = ANY($2) AND state = 'pending' AND deadline <= $1",
+        now_ms,
+        ids,
+    )
+    for row in await tx.fetch(
+        f"SELECT run_id, {_TASK_COLUMNS} FROM task_calls WHERE run_id = ANY($1) AND state != 'superseded' ORDER BY id",
+        ids,
+    ):
+        by_id[row[0]].tasks.append(_task(row[1:]))
+    for row in await tx.fetch(
+        "SELECT w.run_id, w.kind, w.name, w.seq, w.state, w.deadline, e.data FROM waits w"
+        " LEFT JOIN events e ON e.id = w.event_id WHERE w.run_id = ANY($1) ORDER BY w.id",
+        ids,
+    ):
+        by_id[row[0]].waits.append(_wait(row[1:]))
+    for parent_id, child_id, state, output, error in await tx.fetch(
+        "SELECT parent_id, id, state, output, error FROM runs WHERE parent_id = ANY($1)", ids
+    ):
+        by_id[parent_id].children.append({"id": child_id, "state": state, "output": output, "error": error})
 
 
 async def _requeue_running(tx: Tx, where: str, arg: Any, now_ms: int, why: str) -> list[str]:

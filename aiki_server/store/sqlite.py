@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,8 @@ class SqliteTx:
 
 
 class SqliteBackend:
+    writes_in_one_statement = False
+
     def __init__(self, url: str) -> None:
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = None
@@ -164,6 +166,10 @@ class SqliteBackend:
                 await _uncancellable(
                     asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
                 )
+
+    def statement(self) -> AbstractAsyncContextManager[Tx]:
+        # Statements run in-process: a transaction around one costs nothing worth saving.
+        return self.transaction()
 
 
 async def _uncancellable(future: asyncio.Future[Any]) -> None:
