@@ -1,5 +1,6 @@
-"""The SQLite store, used directly: its schema, idempotent inserts, claims, compare-and-set
-checkpoints, expired claims, due runs and cancellation."""
+"""The store, used directly on SQLite and on PostgreSQL: idempotent inserts, claims, compare-and-set
+checkpoints (on PostgreSQL the one-statement forms, and their fall-back to the general path),
+publication, expired claims, due runs and cancellation; and the SQLite file's schema."""
 
 from __future__ import annotations
 
@@ -25,7 +26,15 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = open_store(db_url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path) -> AsyncIterator[Store]:
     s = open_store(f"sqlite:///{db_path}")
     await s.open()
     yield s
@@ -90,7 +99,7 @@ def schema(db_path: Path) -> tuple[dict[str, set[str]], set[str], list[int]]:
     return columns, indexes, versions
 
 
-async def test_migrations_create_the_expected_schema(store: Store, db_path: Path) -> None:
+async def test_migrations_create_the_expected_schema(sqlite_store: Store, db_path: Path) -> None:
     columns, indexes, versions = schema(db_path)
     assert {"runs", "task_calls", "run_history", "events", "waits", "schedules", "schema_migrations"} <= set(columns)
     assert {
@@ -116,10 +125,10 @@ async def test_migrations_create_the_expected_schema(store: Store, db_path: Path
     assert versions == [v for v, _ in MIGRATIONS] and versions[0] == 1
 
 
-async def test_reopening_is_idempotent_and_keeps_data(store: Store, db_path: Path) -> None:
-    await store.insert_run(new_run("kept", input_json='{"a":1}'), NOW)
+async def test_reopening_is_idempotent_and_keeps_data(sqlite_store: Store, db_path: Path) -> None:
+    await sqlite_store.insert_run(new_run("kept", input_json='{"a":1}'), NOW)
     before = schema(db_path)
-    await store.close()
+    await sqlite_store.close()
 
     for _ in range(2):
         again = open_store(f"sqlite:///{db_path}")
@@ -369,3 +378,54 @@ async def test_cancel_of_an_unknown_run_is_not_found(store: Store) -> None:
     with pytest.raises(ApiError) as info:
         await store.cancel_run("nope", None, NOW)
     assert error_code(info) is ErrorCode.NOT_FOUND
+
+
+# -- what the first claim brings, and publication ---------------------------------------------------
+
+
+async def test_a_first_claim_brings_the_events_sent_before_it_and_no_records(store: Store) -> None:
+    await store.insert_run(new_run("r1"), NOW)
+    await store.send_event("r1", "go", '{"n":1}', None, NOW + 1)
+    await store.send_event("r1", "go", '"two"', None, NOW + 2)
+    [claim] = await store.claim_runs("w1", [Q], 1, NOW + 3, NOW + LEASE, ["r1"])
+    assert claim.run.revision == 1
+    assert [(e["name"], e["data"]) for e in claim.events] == [("go", '{"n":1}'), ("go", '"two"')]
+    assert (claim.tasks, claim.waits, claim.children) == ([], [], [])
+    assert [h["state"] for h in await store.list_history("r1")] == ["queued", "running"]
+
+
+async def test_a_final_checkpoint_records_the_task_the_state_and_the_history(store: Store) -> None:
+    revision = await claimed(store)
+    effects = await store.checkpoint(
+        "r1", "w1", revision, 1, [completed_task("a"), completed_task("b")],
+        NextState(RunState.COMPLETED, output_json='"done"'), NOW + 1, NOW + LEASE,
+    )  # fmt: skip
+    assert (effects.result, effects.finished) == ("applied", ["r1"])
+    run = await store.get_run("r1")
+    assert run is not None
+    assert (run.state, run.output_json, run.worker_id) == (RunState.COMPLETED, '"done"', None)
+    assert [t["name"] for t in await store.list_tasks("r1")] == ["a", "b"]
+    assert [h["state"] for h in await store.list_history("r1")] == ["queued", "running", "completed"]
+    # The worker is no longer the holder: anything more it sends is fenced.
+    with pytest.raises(ApiError) as info:
+        await store.checkpoint("r1", "w1", revision, 2, [completed_task("c")], None, NOW + 2, NOW + LEASE)
+    assert error_code(info) is ErrorCode.FENCED
+
+
+async def test_a_run_started_as_published_is_not_published_again_until_handed_back(store: Store) -> None:
+    published: list[list[tuple[str, str]]] = []
+
+    async def publish(ready: list[tuple[str, str]]) -> None:
+        published.append(ready)
+
+    await store.insert_run(new_run("mine"), NOW, published=True)
+    await store.insert_run(new_run("theirs"), NOW)
+    assert await store.publish_ready(NOW + 1, 10_000, 100, publish) == 1
+    assert published == [[("theirs", Q)]]
+    # Publishing "mine" failed: handed back, the next pass publishes it.
+    await store.unpublish(["mine"])
+    assert await store.publish_ready(NOW + 2, 10_000, 100, publish) == 1
+    assert published[-1] == [("mine", Q)]
+    # A message that may have been lost is published again after the delay.
+    assert await store.publish_ready(NOW + 3, 10_000, 100, publish) == 0
+    assert await store.publish_ready(NOW + 3 + 10_000 * 2, 10_000, 100, publish) == 2  # 2 × after the first time
