@@ -35,6 +35,7 @@ from .base import (
     TaskOutcome,
     queue_key,
 )
+from .group_commit import GroupCommit
 
 _RUN_COLUMNS = (
     "id, workflow, version, state, revision, input, input_hash, output, error, attempts, reference_id, "
@@ -52,11 +53,26 @@ _CANCELLABLE = [s.value for s in sources(RunState.CANCELLED)]
 _PAUSABLE = [s.value for s in sources(RunState.PAUSED)]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """A checkpoint the one-statement path takes: new task outcomes, maybe the run's end."""
+
+    run_id: str
+    worker_id: str
+    revision: int
+    seq: int
+    tasks: list[TaskOutcome]
+    then: NextState | None
+    now_ms: int
+    claim_expires_at_ms: int
+
+
 class SqlStore:
     """The Store protocol over a Backend (a SQLite file or a PostgreSQL pool)."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._steps: GroupCommit[Step, bool] = GroupCommit(self._write_steps, key=lambda s: s.run_id)
 
     async def open(self) -> None:
         await self.backend.open()
@@ -214,13 +230,17 @@ class SqlStore:
             and all(t.id is None for t in tasks)
             and (then is None or then.state in TERMINAL_STATES)
         ):
-            # The common step (new task outcomes, maybe the run's end) as one statement; anything
-            # it does not cover, or a request it does not apply to, takes the general path below.
-            effects = await self._checkpoint_in_one_statement(
-                run_id, worker_id, revision, seq, tasks, then, now_ms, claim_expires_at_ms
-            )
-            if effects is not None:
-                return effects
+            # The common step (new task outcomes, maybe the run's end) goes with the steps of other
+            # runs arriving meanwhile, in one statement; anything it does not cover, or a step it
+            # does not apply to (a duplicate, a fenced worker, a parent to wake), takes the general
+            # path below.
+            step = Step(run_id, worker_id, revision, seq, tasks, then, now_ms, claim_expires_at_ms)
+            try:
+                applied = await self._steps.submit(step)
+            except UniqueViolation:
+                applied = False  # the whole batch wrote nothing; each step is told apart below
+            if applied:
+                return Effects(finished=[run_id] if then is not None else [])
         async with self.backend.transaction() as tx:
             effects = Effects()
             row = await tx.fetchrow(
@@ -299,74 +319,65 @@ class SqlStore:
             effects.wake_at_ms = wake_at
             return effects
 
-    async def _checkpoint_in_one_statement(
-        self,
-        run_id: str,
-        worker_id: str,
-        revision: int,
-        seq: int,
-        tasks: list[TaskOutcome],
-        then: NextState | None,
-        now_ms: int,
-        claim_expires_at_ms: int,
-    ) -> Effects | None:
-        """A checkpoint of new task outcomes and, with `then`, the end of a run without a parent,
-        in one PostgreSQL statement. None when the run is not exactly where this checkpoint expects
-        it (held by this worker at this revision, the previous checkpoint applied): the general
-        path then tells a duplicate, a fenced worker or a parent to wake."""
-        args: list[Any] = [seq, run_id, revision, worker_id, now_ms]  # $1 … $5
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if then is None:
-            run_update = f"checkpoint_seq = $1, claim_expires_at = {arg(claim_expires_at_ms)}, updated_at = $5"
-            history = ""
-        else:
-            state = arg(then.state.value)
-            run_update = (
-                f"state = {state}, output = {arg(then.output_json)}, error = {arg(then.error_json)}, wake_at = NULL,"
-                " ready_at = NULL, worker_id = NULL, claim_expires_at = NULL, checkpoint_seq = $1, updated_at = $5,"
-                " announced_at = NULL, announce_count = 0"
-            )
-            history = (
-                ", history AS (INSERT INTO run_history (run_id, at, state, detail)"
-                f" SELECT id, $5, {state}, {arg(then.detail_json or then.error_json)} FROM run)"
-            )
-        calls = ", ".join(
-            f"{arg(values)}::{kind}[]"
-            for values, kind in (
-                ([t.address for t in tasks], "text"),
-                ([t.name for t in tasks], "text"),
-                ([t.state for t in tasks], "text"),
-                ([t.attempts for t in tasks], "int"),
-                ([t.output_json for t in tasks], "text"),
-                ([t.error_json for t in tasks], "text"),
-                ([t.retry_at_ms for t in tasks], "bigint"),
-            )
-        )
+    async def _write_steps(self, steps: list[Step]) -> list[bool]:
+        """Checkpoints of several runs (one each) in one PostgreSQL statement: each step's task
+        outcomes and, with `then`, the end of a run without a parent. A step applies only where its
+        run is exactly where the step expects it (held by this worker at this revision, the previous
+        checkpoint applied); returns, per step, whether it applied."""
+        calls = [(s.run_id, t) for s in steps for t in s.tasks]
+        args = [
+            [s.run_id for s in steps],
+            [s.revision for s in steps],
+            [s.worker_id for s in steps],
+            [s.seq for s in steps],
+            [s.now_ms for s in steps],
+            [s.claim_expires_at_ms for s in steps],
+            [s.then.state.value if s.then else None for s in steps],
+            [s.then.output_json if s.then else None for s in steps],
+            [s.then.error_json if s.then else None for s in steps],
+            [(s.then.detail_json or s.then.error_json) if s.then else None for s in steps],
+            [run_id for run_id, _ in calls],
+            [t.address for _, t in calls],
+            [t.name for _, t in calls],
+            [t.state for _, t in calls],
+            [t.attempts for _, t in calls],
+            [t.output_json for _, t in calls],
+            [t.error_json for _, t in calls],
+            [t.retry_at_ms for _, t in calls],
+        ]
+        # A step with `then` (ends_as) ends the run: its state set, its claim fields cleared, a
+        # history line written; a step without it only moves the checkpoint on and extends the claim.
         sql = (
-            f"WITH run AS (UPDATE runs SET {run_update} WHERE id = $2 AND state = 'running' AND revision = $3"
-            f" AND worker_id = $4 AND checkpoint_seq = $1 - 1{'' if then is None else ' AND parent_id IS NULL'}"
-            f" RETURNING id){history},"
+            "WITH step AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[],"
+            " $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])"
+            " AS s(run_id, revision, worker_id, seq, now, claim_expires_at, ends_as, output, error, detail)),"
+            " run AS (UPDATE runs r SET checkpoint_seq = s.seq, updated_at = s.now,"
+            " claim_expires_at = CASE WHEN s.ends_as IS NULL THEN s.claim_expires_at END,"
+            " state = COALESCE(s.ends_as, r.state),"
+            " output = CASE WHEN s.ends_as IS NULL THEN r.output ELSE s.output END,"
+            " error = CASE WHEN s.ends_as IS NULL THEN r.error ELSE s.error END,"
+            " worker_id = CASE WHEN s.ends_as IS NULL THEN r.worker_id END,"
+            " wake_at = CASE WHEN s.ends_as IS NULL THEN r.wake_at END,"
+            " ready_at = CASE WHEN s.ends_as IS NULL THEN r.ready_at END,"
+            " announced_at = CASE WHEN s.ends_as IS NULL THEN r.announced_at END,"
+            " announce_count = CASE WHEN s.ends_as IS NULL THEN r.announce_count ELSE 0 END"
+            " FROM step s WHERE r.id = s.run_id AND r.state = 'running' AND r.revision = s.revision"
+            " AND r.worker_id = s.worker_id AND r.checkpoint_seq = s.seq - 1"
+            " AND (s.ends_as IS NULL OR r.parent_id IS NULL) RETURNING r.id),"
+            " history AS (INSERT INTO run_history (run_id, at, state, detail)"
+            " SELECT s.run_id, s.now, s.ends_as, s.detail FROM step s JOIN run ON run.id = s.run_id"
+            " WHERE s.ends_as IS NOT NULL),"
             " calls AS (INSERT INTO task_calls (run_id, address, name, state, attempts, output, error, retry_at,"
-            " created_at, updated_at) SELECT run.id, t.address, t.name, t.state, t.attempts, t.output, t.error,"
-            f" t.retry_at, $5, $5 FROM run, unnest({calls}) AS t(address, name, state, attempts, output, error,"
-            " retry_at))"
-            " SELECT 1 FROM run"
+            " created_at, updated_at) SELECT t.run_id, t.address, t.name, t.state, t.attempts, t.output, t.error,"
+            " t.retry_at, s.now, s.now FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::int[],"
+            " $16::text[], $17::text[], $18::bigint[]) WITH ORDINALITY"
+            " AS t(run_id, address, name, state, attempts, output, error, retry_at, n)"
+            " JOIN step s ON s.run_id = t.run_id JOIN run ON run.id = t.run_id ORDER BY t.n)"
+            " SELECT id FROM run"
         )
-        try:
-            async with self.backend.statement() as tx:
-                row = await tx.fetchrow(sql, *args)
-        except UniqueViolation:
-            return None  # nothing was written; the general path reports it
-        if row is None:
-            return None
-        effects = Effects()
-        if then is not None:
-            effects.finished.append(run_id)
-        return effects
+        async with self.backend.statement() as tx:
+            applied = {row[0] for row in await tx.fetch(sql, *args)}
+        return [s.run_id in applied for s in steps]
 
     async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]], claim_expires_at_ms: int) -> list[str]:
         if not runs:

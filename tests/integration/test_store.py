@@ -4,6 +4,7 @@ publication, expired claims, due runs and cancellation; and the SQLite file's sc
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -429,3 +430,37 @@ async def test_a_run_started_as_published_is_not_published_again_until_handed_ba
     # A message that may have been lost is published again after the delay.
     assert await store.publish_ready(NOW + 3, 10_000, 100, publish) == 0
     assert await store.publish_ready(NOW + 3 + 10_000 * 2, 10_000, 100, publish) == 2  # 2 × after the first time
+
+
+async def test_concurrent_checkpoints_of_many_runs_each_apply_or_fail_on_their_own(store: Store) -> None:
+    """On PostgreSQL concurrent steps share one statement: a step that does not apply there (a
+    fenced worker, a duplicate, a run with a parent) must not hold back or spoil the others."""
+    revisions = {f"r{i}": await claimed(store, f"r{i}") for i in range(12)}
+    await store.checkpoint("r1", "w1", revisions["r1"], 1, [completed_task("first")], None, NOW, NOW + LEASE)
+
+    async def step(run_id: str) -> object:
+        revision, seq, worker = revisions[run_id], 1, "w1"
+        if run_id == "r0":
+            worker = "intruder"  # fenced
+        if run_id == "r1":
+            seq = 1  # a retry of the checkpoint above: a duplicate
+        then = NextState(RunState.COMPLETED, output_json=f'"{run_id}"') if run_id in ("r2", "r3") else None
+        try:
+            effects = await store.checkpoint(
+                run_id, worker, revision, seq, [completed_task(f"t-{run_id}")], then, NOW + 1, NOW + LEASE
+            )
+        except ApiError as exc:
+            return exc.code
+        return (effects.result, effects.finished)
+
+    results = dict(zip(revisions, await asyncio.gather(*(step(r) for r in revisions)), strict=True))
+    assert results["r0"] is ErrorCode.FENCED
+    assert results["r1"] == ("duplicate", [])
+    assert results["r2"] == ("applied", ["r2"]) and results["r3"] == ("applied", ["r3"])
+    assert all(results[f"r{i}"] == ("applied", []) for i in range(4, 12))
+    assert await store.list_tasks("r0") == []
+    assert [t["name"] for t in await store.list_tasks("r1")] == ["first"]
+    for i in range(2, 12):
+        assert [t["name"] for t in await store.list_tasks(f"r{i}")] == [f"t-r{i}"]
+    assert (await store.get_run("r2")).state is RunState.COMPLETED  # type: ignore[union-attr]
+    assert (await store.get_run("r4")).state is RunState.RUNNING  # type: ignore[union-attr]
