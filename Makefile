@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The checkout's packages win over installed copies, in every process the targets start.
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install demo test lint typecheck bench load-throughput load-recovery clean binary dist packaging-tools docker-check
+.PHONY: install demo test lint typecheck bench bench-peers load-throughput load-recovery clean binary dist packaging-tools docker-check
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,18 @@ typecheck: install
 
 bench: install  ## throughput, latency, timer precision and the cost of waiting: SQLite and PostgreSQL + Redis
 	$(BIN)/python -m bench.core
+
+# The peers (DBOS Transact, Temporal) and matplotlib live in a virtualenv of their own.
+PEERS := .venv-peers
+
+bench-peers: install $(PEERS)/.installed  ## aiki, DBOS and Temporal on the same workloads in one run: table, ratios, plot
+	$(BIN)/python -m bench.peers $(ARGS)
+
+$(PEERS)/.installed: bench/peers/requirements.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt
+	touch $@
 
 # Locust load tests (not part of `make test`); locust is installed into the venv on demand, never a
 # project dependency. Pass ARGS, e.g. make load-recovery ARGS="--users 20 --seconds 60".
@@ -75,4 +87,4 @@ docker-check: $(VENV)/.packaging  ## lint packaging/Dockerfile and validate pack
 	else docker-compose -f packaging/docker-compose.yml config -q; fi
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info aiki.db aiki.db-* .pytest_cache
+	rm -rf $(VENV) $(PEERS) build dist *.egg-info aiki.db aiki.db-* .pytest_cache

@@ -51,6 +51,8 @@ class RedisDelivery:
         self._stream_max_len = stream_max_len
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._outgoing: set[str] = set()  # notification keys for the other servers
+        self._broadcaster: asyncio.Task[None] | None = None
         self._direct: list[tuple[str, str]] = []  # started runs to publish now
         self._direct_task: asyncio.Task[None] | None = None
         self._origin = f"{os.getpid()}:{id(self)}"  # to ignore our own bus messages
@@ -85,12 +87,20 @@ class RedisDelivery:
     def _on_local_notify(self, keys: set[str], published: bool) -> None:
         if not published and any(not k.startswith(_RUN_KEY_PREFIX) for k in keys):
             self._ready.set()  # a queue got a ready run: publish it now
-        task = asyncio.get_running_loop().create_task(self._broadcast(keys))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # Notifications made while one message is on its way go out together in the next.
+        self._outgoing |= keys
+        if self._broadcaster is None:
+            self._broadcaster = asyncio.get_running_loop().create_task(self._broadcast())
 
-    async def _broadcast(self, keys: set[str]) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.publish(NOTIFY_CHANNEL, orjson.dumps({"from": self._origin, "keys": sorted(keys)}))
+    async def _broadcast(self) -> None:
+        try:
+            while self._outgoing:
+                keys, self._outgoing = self._outgoing, set()
+                with contextlib.suppress(RedisError, OSError):
+                    note = orjson.dumps({"from": self._origin, "keys": sorted(keys)})
+                    await self._redis.publish(NOTIFY_CHANNEL, note)
+        finally:
+            self._broadcaster = None
 
     async def _listen_forever(self) -> None:
         delay = 0.1

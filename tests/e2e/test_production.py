@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from aiki_client import RunHandle, connect
+from aiki_client.wire import NOTIFY_CHANNEL, queue_key
 
 from ..conftest import fresh_pg_database, server_in_mode
 from ..procs import PostgresCluster, RedisProcess, ServerProcess, WorkerProcess
@@ -156,3 +159,25 @@ async def test_sharded_runs_go_only_to_their_shard(
         [execution] = effects_of(effects_dir, h.id)
         assert pid_shard[execution["pid"]] == shards[i % 4]
     assert {e["pid"] for h in handles for e in effects_of(effects_dir, h.id)} == set(pid_shard)
+
+
+async def test_the_bus_tells_other_servers_of_ready_and_finished_runs(
+    production_server: ServerProcess, redis_server: RedisProcess, spawn_worker: SpawnWorker
+) -> None:
+    """A long-poll held by another server hears of these writes through the bus at once."""
+    bus = aioredis.from_url(redis_server.url)
+    heard: set[str] = set()
+    try:
+        async with bus.pubsub() as pubsub:
+            await pubsub.subscribe(NOTIFY_CHANNEL)
+            spawn_worker(production_server, only="steps@1", concurrency="5")
+            [run] = await start_steps(production_server.url, 1)
+            deadline = time.monotonic() + 30
+            while f"run:{run.id}" not in heard:
+                assert time.monotonic() < deadline, f"heard only {heard}"
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    heard |= set(orjson.loads(message["data"])["keys"])
+    finally:
+        await bus.aclose()
+    assert queue_key("steps", "1") in heard  # the start: HTTP claimers elsewhere may take it
