@@ -4,6 +4,7 @@
     bench-10    v1: ten sequential trivial async tasks (input + 10)
     bench-sleep v1: reads the clock in a task, sleeps durably `ms`, reads the clock again in a task
     bench-wait  v1: sleeps durably `ms` (ten minutes in the benchmark), then returns `n`
+    bench-nap   v1: a task, a durable sleep of 1 s, a task; returns its input (the peer benchmark's sleep-1s)
 
     python -m bench.workflows --url URL [--concurrency 50] [--batch 10] [--redis URL] [--id ID]
 
@@ -89,7 +90,18 @@ async def bench_wait_v1(run: WorkflowRun, inp: dict[str, Any]) -> int:
     return n
 
 
-WORKFLOWS = [bench_1_v1, bench_10_v1, bench_sleep_v1, bench_wait_v1]
+bench_nap = workflow("bench-nap")
+
+
+@bench_nap.v("1")
+async def bench_nap_v1(run: WorkflowRun, inp: int) -> int:
+    await clock.start(run, "before")
+    await run.sleep("nap", seconds=1)
+    await clock.start(run, "after")
+    return inp
+
+
+WORKFLOWS = [bench_1_v1, bench_10_v1, bench_sleep_v1, bench_wait_v1, bench_nap_v1]
 
 
 _ID_SEGMENT = re.compile(r"^[0-9a-fA-F-]{16,}$")
