@@ -24,8 +24,8 @@ test: install lint typecheck binary dist  ## the whole suite: unit, integration,
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check aiki_client aiki_server tests examples bench packaging
-	$(BIN)/ruff format --check aiki_client aiki_server tests examples bench packaging
+	$(BIN)/ruff check aiki_client aiki_server tests examples bench load_tests packaging
+	$(BIN)/ruff format --check aiki_client aiki_server tests examples bench load_tests packaging
 
 typecheck: install
 	$(BIN)/mypy

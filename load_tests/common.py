@@ -24,6 +24,7 @@ from bench.harness import Process
 WORKDIR = Path(os.environ.get("LT_WORKDIR", "load_tests/results/scratch"))
 WORKERS = int(os.environ.get("LT_WORKERS", "2"))
 WORKER_CONCURRENCY = int(os.environ.get("LT_WORKER_CONCURRENCY", "50"))
+REDIS_URL = os.environ.get("LT_REDIS_URL")  # set: the workers take runs from Redis Streams
 RUN_DEADLINE_S = 60.0  # a run not finished this long after its start counts as an error
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -48,6 +49,8 @@ class WorkerPool:
         args = [sys.executable, "-m", "load_tests.workflows", "--url", self.url]
         args += ["--effects", str(WORKDIR / "effects"), "--id", f"lt-worker-{slot}"]
         args += ["--concurrency", str(WORKER_CONCURRENCY)]
+        if REDIS_URL:
+            args += ["--redis", REDIS_URL]
         proc = Process(f"worker-{slot}", args, WORKDIR / f"worker-{slot}.{self.starts}.log").start()
         proc.wait_for_line("ready ")
         self.slots[slot] = proc

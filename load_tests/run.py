@@ -1,9 +1,11 @@
 """Run one load-test suite headless and check what it did.
 
-    python -m load_tests.run throughput|recovery [--url URL] [--users N] [--seconds S] [--workers W]
+    python -m load_tests.run throughput|recovery [--mode sqlite|postgres-redis] [--url URL] [--users N]
+                                                 [--seconds S] [--workers W]
 
-Without --url it starts `python -m aiki_server` on a temp SQLite file and a free port (and stops it
-after). Locust runs as a subprocess (`locust -f load_tests/<suite>.py --headless ...`) for a bounded
+Without --url it starts `python -m aiki_server` on a free port (and stops it after): on a temp SQLite
+file, or with `--mode postgres-redis` on a fresh PostgreSQL database (created, dropped after) and a
+Redis database number of its own (flushed before and after), with the workers on Redis Streams. Locust runs as a subprocess (`locust -f load_tests/<suite>.py --headless ...`) for a bounded
 time with bounded users; the locustfile starts the worker processes. Afterwards, from the server:
 every run started must be `completed` with the expected output, and every recorded task call must
 match the side effects the workers wrote outside aiki — a task recorded complete that ran more than
@@ -26,16 +28,20 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, Process, child_env, free_port, percentile, wait_ready
+import redis
+
+from bench.harness import DEFAULT_PG_ADMIN_URL, ROOT, Process, child_env, free_port, percentile, psql, wait_ready
 from load_tests.workflows import EXPECTED_TASKS, expected_output
 
 RESULTS = ROOT / "load_tests" / "results"
 ALLOWED_HOSTS = {"127.0.0.1", "localhost"}
+LOAD_REDIS_URL = "redis://127.0.0.1:6379/12"  # a database number of the load tests' own
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -179,7 +185,15 @@ def analyse(url: str, work: Path, seconds: float) -> tuple[dict[str, Any], list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.run", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("suite", choices=("throughput", "recovery"))
-    parser.add_argument("--url", help="an aiki server on 127.0.0.1 (default: start one on a temp SQLite file)")
+    parser.add_argument("--url", help="an aiki server on 127.0.0.1 (default: start one, see --mode)")
+    parser.add_argument(
+        "--mode",
+        choices=("sqlite", "postgres-redis"),
+        default="sqlite",
+        help="the server started without --url: SQLite, or PostgreSQL + Redis Streams (default sqlite)",
+    )
+    parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL, help="to CREATE/DROP a database of our own")
+    parser.add_argument("--redis-url", default=LOAD_REDIS_URL, help="a Redis database number of our own")
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -199,17 +213,26 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     prefix = RESULTS / f"{args.suite}-{stamp}"
     server: Process | None = None
+    db_name: str | None = None
     failures: list[str] = []
     try:
         url = args.url
+        env = child_env()
         if url is None:
             url = f"http://127.0.0.1:{free_port()}"
+            server_env = {"AIKI_CLAIM_IDLE_TIMEOUT_MS": str(args.claim_timeout_ms)}
+            if args.mode == "sqlite":
+                server_env["AIKI_DATABASE_URL"] = f"sqlite:///{work / 'aiki.db'}"
+            else:
+                db_name = f"aiki_load_{uuid.uuid4().hex[:12]}"
+                psql(args.pg_admin_url, f"CREATE DATABASE {db_name}")
+                redis.Redis.from_url(args.redis_url).flushdb()
+                server_env["AIKI_DATABASE_URL"] = f"{args.pg_admin_url.rsplit('/', 1)[0]}/{db_name}"
+                server_env["AIKI_REDIS_URL"] = env["LT_REDIS_URL"] = args.redis_url
             server_args = [sys.executable, "-m", "aiki_server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
-            server_args += ["--database-url", f"sqlite:///{work / 'aiki.db'}", "--log-level", "WARNING"]
-            env = {"AIKI_CLAIM_IDLE_TIMEOUT_MS": str(args.claim_timeout_ms)}
-            server = Process("server", server_args, work / "server.log", env=env).start()
+            server_args += ["--log-level", "WARNING"]
+            server = Process("server", server_args, work / "server.log", env=server_env).start()
         wait_ready(server, url) if server else get_json(f"{url}/readyz")
-        env = child_env()
         env.update(
             LT_WORKDIR=str(work),
             LT_WORKERS=str(args.workers),
@@ -219,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "load_tests" / f"{args.suite}.py"), "--headless"]
         cmd += ["-u", str(args.users), "-r", str(args.users), "-t", f"{args.seconds}s", "--stop-timeout", "70"]
         cmd += ["--host", url, "--csv", str(prefix) + "-locust", "--only-summary", "--loglevel", "WARNING"]
-        print(f"{args.suite}: {args.users} users, {args.seconds} s, {args.workers} workers, server {url}", flush=True)
+        where = args.mode if args.url is None else "given"
+        print(
+            f"{args.suite}: {args.users} users, {args.seconds} s, {args.workers} workers, server {url} ({where})",
+            flush=True,
+        )
         locust = subprocess.run(cmd, cwd=ROOT, env=env, timeout=args.seconds + 180)
         if locust.returncode != 0:
             failures.append(f"locust exited with {locust.returncode} (some request or run failed)")
@@ -238,7 +265,17 @@ def main(argv: list[str] | None = None) -> int:
             code = server.stop()
             if code != 0:
                 failures.append(f"the server exited with {code}")
-    summary = {"suite": args.suite, "users": args.users, "seconds": args.seconds, "workers": args.workers, **summary}
+        if db_name is not None:
+            psql(args.pg_admin_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+            redis.Redis.from_url(args.redis_url).flushdb()
+    summary = {
+        "suite": args.suite,
+        "mode": args.mode if args.url is None else "given",
+        "users": args.users,
+        "seconds": args.seconds,
+        "workers": args.workers,
+        **summary,
+    }
     summary["failures"] = failures
     (prefix.with_suffix(".json")).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with open(prefix.with_suffix(".csv"), "w", newline="") as f:

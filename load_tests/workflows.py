@@ -8,7 +8,7 @@ Every real execution of a task body appends one JSON line {run, task_id, pid, t}
 `<effects>/<pid>.log` (O_APPEND, outside aiki), so the recovery suite can count how often a side
 effect really happened and compare it with the server's recorded task calls.
 
-    python -m load_tests.workflows --url URL --effects DIR [--id ID] [--concurrency 50]
+    python -m load_tests.workflows --url URL --effects DIR [--id ID] [--concurrency 50] [--redis URL]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    aiki = await connect(args.url)
+    aiki = await connect(args.url, redis=args.redis)
     try:
         w = worker(
             id=args.id,
@@ -96,7 +96,8 @@ async def serve(args: argparse.Namespace) -> None:
             max_concurrent_workflow_runs=args.concurrency,
             heartbeat_interval_ms=args.heartbeat_ms,
             graceful_shutdown_timeout_ms=5_000,
-            subscriber={"type": "polling", "max_batch_size": 10},
+            # With Redis, the default subscriber: Redis Streams.
+            subscriber=None if args.redis else {"type": "polling", "max_batch_size": 10},
         )
         handle = await w.spawn(aiki)
         print(f"ready pid={os.getpid()} worker={handle.instance_id}", flush=True)
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--id", default="lt-worker")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--heartbeat-ms", type=int, default=500)
+    parser.add_argument("--redis", default=None, help="connect with redis=URL (Redis Streams subscriber)")
     args = parser.parse_args()
     global EFFECTS_FD
     args.effects.mkdir(parents=True, exist_ok=True)
