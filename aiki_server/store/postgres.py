@@ -7,7 +7,7 @@ retries, while the pool reconnects on its own.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,33 +36,37 @@ async def _keep_connection_as_is(conn: asyncpg.Connection) -> None:
     pass
 
 
+# Two writers that met (a deadlock PostgreSQL broke, a serialization failure): nothing was written,
+# and the same request succeeds when tried again — a retryable 503, not a 500.
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
 class PostgresTx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _run(self, method: Callable[..., Awaitable[Any]], sql: str, *args: Any) -> Any:
         try:
-            return list(await self._conn.fetch(sql, *args))
+            return await method(sql, *args)
         except asyncpg.UniqueViolationError as exc:
             raise UniqueViolation(str(exc)) from exc
+        except _RETRYABLE as exc:
+            raise errors.unavailable(f"the write met a concurrent one ({exc}); retry") from exc
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return list(await self._run(self._conn.fetch, sql, *args))
 
     async def fetchrow(self, sql: str, *args: Any) -> Any:
-        try:
-            return await self._conn.fetchrow(sql, *args)
-        except asyncpg.UniqueViolationError as exc:
-            raise UniqueViolation(str(exc)) from exc
+        return await self._run(self._conn.fetchrow, sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> int:
-        try:
-            status = await self._conn.execute(sql, *args)
-        except asyncpg.UniqueViolationError as exc:
-            raise UniqueViolation(str(exc)) from exc
+        status = await self._run(self._conn.execute, sql, *args)
         # "UPDATE 3", "INSERT 0 1", "DELETE 0": the last word is the row count.
         last = status.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
 
     async def executemany(self, sql: str, args: list[tuple[Any, ...]]) -> None:
-        await self._conn.executemany(sql, args)
+        await self._run(self._conn.executemany, sql, args)
 
 
 class PostgresBackend:

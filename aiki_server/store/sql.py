@@ -161,12 +161,14 @@ class SqlStore:
         # runs, if they are still ready and in one of the worker's queues. Named runs wait for a row
         # lock instead of skipping it: the publisher holds it until it has marked the run published,
         # and the worker may read the message before that.
-        which, lock = ("", "FOR UPDATE SKIP LOCKED") if run_ids is None else (" AND id = ANY($6)", "FOR UPDATE")
+        # Named runs are locked in id order, as every statement that waits for several row locks.
+        which = "ORDER BY ready_at LIMIT $5 FOR UPDATE SKIP LOCKED"
+        if run_ids is not None:
+            which = "AND id = ANY($6) ORDER BY id LIMIT $5 FOR UPDATE"
         claim = (
             "UPDATE runs SET state = 'running', revision = revision + 1, worker_id = $1, claim_expires_at = $2,"
             " checkpoint_seq = 0, ready_at = NULL, wake_requested = 0, updated_at = $3"
-            f" WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4){which}"
-            f" ORDER BY ready_at LIMIT $5 {lock})"
+            f" WHERE id IN (SELECT id FROM runs WHERE state = 'queued' AND queue = ANY($4) {which})"
             f" RETURNING {_RUN_COLUMNS}"
         )
         args = [worker_id, claim_expires_at_ms, now_ms, queues, limit, *([] if run_ids is None else [list(run_ids)])]
@@ -351,6 +353,10 @@ class SqlStore:
             "WITH step AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[],"
             " $6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[])"
             " AS s(run_id, revision, worker_id, seq, now, claim_expires_at, ends_as, output, error, detail)),"
+            # Row locks in id order, as every statement locking several runs takes them: two such
+            # statements (these steps, a worker's heartbeat) then never wait on each other in a cycle.
+            " locked AS MATERIALIZED (SELECT r.id FROM runs r JOIN step s ON r.id = s.run_id ORDER BY r.id"
+            " FOR UPDATE OF r),"
             " run AS (UPDATE runs r SET checkpoint_seq = s.seq, updated_at = s.now,"
             " claim_expires_at = CASE WHEN s.ends_as IS NULL THEN s.claim_expires_at END,"
             " state = COALESCE(s.ends_as, r.state),"
@@ -361,7 +367,8 @@ class SqlStore:
             " ready_at = CASE WHEN s.ends_as IS NULL THEN r.ready_at END,"
             " announced_at = CASE WHEN s.ends_as IS NULL THEN r.announced_at END,"
             " announce_count = CASE WHEN s.ends_as IS NULL THEN r.announce_count ELSE 0 END"
-            " FROM step s WHERE r.id = s.run_id AND r.state = 'running' AND r.revision = s.revision"
+            " FROM step s WHERE r.id = s.run_id AND r.id IN (SELECT id FROM locked) AND r.state = 'running'"
+            " AND r.revision = s.revision"
             " AND r.worker_id = s.worker_id AND r.checkpoint_seq = s.seq - 1"
             " AND (s.ends_as IS NULL OR r.parent_id IS NULL) RETURNING r.id),"
             " history AS (INSERT INTO run_history (run_id, at, state, detail)"
@@ -384,8 +391,8 @@ class SqlStore:
             return []
         async with self.backend.transaction() as tx:
             held = await tx.fetch(
-                "UPDATE runs SET claim_expires_at = $1 WHERE id = ANY($2) AND worker_id = $3 AND state = 'running'"
-                " RETURNING id, revision",
+                "UPDATE runs SET claim_expires_at = $1 WHERE id IN (SELECT id FROM runs WHERE id = ANY($2)"
+                " AND worker_id = $3 AND state = 'running' ORDER BY id FOR UPDATE) RETURNING id, revision",
                 claim_expires_at_ms,
                 [run_id for run_id, _ in runs],
                 worker_id,
@@ -455,7 +462,8 @@ class SqlStore:
     async def unpublish(self, run_ids: list[str]) -> None:
         async with self.backend.transaction() as tx:
             await tx.execute(
-                "UPDATE runs SET announced_at = NULL, announce_count = 0 WHERE id = ANY($1) AND state = 'queued'",
+                "UPDATE runs SET announced_at = NULL, announce_count = 0 WHERE id IN (SELECT id FROM runs"
+                " WHERE id = ANY($1) AND state = 'queued' ORDER BY id FOR UPDATE)",
                 run_ids,
             )
 

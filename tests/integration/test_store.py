@@ -16,6 +16,8 @@ from aiki_server.errors import ApiError
 from aiki_server.store import NewRun, NextState, Store, TaskOutcome, open_store
 from aiki_server.store.sqlite_schema import MIGRATIONS
 
+from ..conftest import fresh_pg_database
+
 NOW = 1_800_000_000_000
 LEASE = 60_000
 Q = "wf\x1f1"
@@ -464,3 +466,31 @@ async def test_concurrent_checkpoints_of_many_runs_each_apply_or_fail_on_their_o
         assert [t["name"] for t in await store.list_tasks(f"r{i}")] == [f"t-r{i}"]
     assert (await store.get_run("r2")).state is RunState.COMPLETED  # type: ignore[union-attr]
     assert (await store.get_run("r4")).state is RunState.RUNNING  # type: ignore[union-attr]
+
+
+async def test_a_deadlock_between_two_postgresql_writers_is_a_retryable_503() -> None:
+    """Two writers locking the same runs in opposite orders: PostgreSQL breaks the cycle by
+    aborting one, which must reach the caller as a retryable 503 (nothing written), not a 500."""
+    with fresh_pg_database() as url:
+        store = open_store(url)
+        await store.open()
+        try:
+            for run_id in ("a", "b"):
+                await store.insert_run(new_run(run_id), NOW)
+            backend = store.backend  # type: ignore[attr-defined]
+            both_hold_one = asyncio.Barrier(2)
+
+            async def writer(first: str, second: str) -> object:
+                try:
+                    async with backend.transaction() as tx:
+                        await tx.execute("UPDATE runs SET updated_at = $1 WHERE id = $2", NOW + 1, first)
+                        await both_hold_one.wait()
+                        await tx.execute("UPDATE runs SET updated_at = $1 WHERE id = $2", NOW + 2, second)
+                except ApiError as exc:
+                    return exc.code
+                return "committed"
+
+            outcomes = await asyncio.gather(writer("a", "b"), writer("b", "a"))
+            assert sorted(map(str, outcomes)) == sorted(["committed", str(ErrorCode.UNAVAILABLE)])
+        finally:
+            await store.close()
