@@ -92,7 +92,9 @@ def create_app(config: ServerConfig) -> Sanic[Any, Any]:
             command_timeout_s=config.db_command_timeout_ms / 1000,
         )
         await store.open()
-        notifier = Notifier()
+        # On SQLite this process makes every write, so notifications miss nothing and the re-read
+        # is only a safety net; with PostgreSQL, other servers write too.
+        notifier = Notifier(recheck_s=30.0 if config.database_url.startswith("sqlite") else 1.0)
         timers = Timers(store, notifier, sweep_interval_s=config.sweep_interval_ms / 1000)
         app.ctx.store = store
         app.ctx.timers = timers

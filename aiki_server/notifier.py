@@ -1,7 +1,7 @@
 """In-process wake-ups: a long-poll waits on keys (a queue, a run id) and writes notify them.
 
-This is only a latency shortcut: every waiter also re-checks the database on a short interval,
-so a write made by another server process is seen within that interval.
+This is only a latency shortcut: every waiter also re-checks the database every `recheck_s`, so a
+write made by another server process is seen within that interval.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 
 
 class Notifier:
-    def __init__(self) -> None:
+    def __init__(self, *, recheck_s: float = 1.0) -> None:
+        # How long a waiter trusts notifications alone before it reads the database again.
+        self.recheck_s = recheck_s
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # Called with the keys of every local notification, and whether the ready runs it announces
         # are already published (the Redis publisher and bus listen).

@@ -15,9 +15,6 @@ from ..notifier import Notifier
 from ..store import Effects, NewRun, Run, Store
 from ..timers import Timers, now_ms
 
-# How often a long-poll re-reads the database, for writes made by another server process.
-RECHECK_S = 1.0
-
 
 @dataclass(frozen=True, slots=True)
 class StartRequest:
@@ -84,7 +81,7 @@ class RunService:
             remaining = deadline - time.monotonic()
             if run.state in TERMINAL_STATES or remaining <= 0:
                 return run
-            await self._notifier.wait([finished_key(run_id)], min(remaining, RECHECK_S))
+            await self._notifier.wait([finished_key(run_id)], min(remaining, self._notifier.recheck_s))
 
     async def tasks(self, run_id: str) -> list[dict[str, Any]]:
         await self.get(run_id)  # NotFound for an unknown run, not an empty list

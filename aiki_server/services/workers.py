@@ -16,7 +16,7 @@ from ..notifier import Notifier
 from ..state_machine import WORKER_OUTCOMES
 from ..store import Claimed, NewChild, NewWait, NextState, Store, TaskOutcome
 from ..timers import Timers, now_ms
-from .runs import RECHECK_S, announce
+from .runs import announce
 
 
 class WorkerService:
@@ -40,7 +40,7 @@ class WorkerService:
             remaining = deadline - time.monotonic()
             if claimed or remaining <= 0:
                 return claimed
-            await self._notifier.wait(queues, min(remaining, RECHECK_S))
+            await self._notifier.wait(queues, min(remaining, self._notifier.recheck_s))
 
     async def checkpoint(
         self,
