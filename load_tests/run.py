@@ -144,15 +144,17 @@ def analyse(url: str, work: Path, seconds: float) -> tuple[dict[str, Any], list[
     recoveries = []
     for k in kills:
         stranded = {r for (r, _), execs in effects.items() if any(pid == k["pid"] for _, pid in execs)}
-        after = sorted(
-            dones[r]["t"] - k["t"]
+        resumed = sorted(
+            (dones[r]["t"] - k["t"], r)
             for r in stranded
             if r in dones and dones[r]["state"] == "completed" and dones[r]["t"] > k["t"] + 0.2
         )
+        after = [t for t, _ in resumed]
         recoveries.append(
             {
                 "pid": k["pid"],
                 "stranded_runs": len(after),
+                "last_run": resumed[-1][1] if resumed else None,
                 "first_resumed_s": after[0] if after else None,
                 "all_resumed_s": after[-1] if after else None,
             }

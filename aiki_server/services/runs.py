@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from aiki_client.wire import TERMINAL_STATES
 
@@ -29,6 +31,22 @@ class StartRequest:
     start_at_ms: int | None
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def to_the_end(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A write and the notifications after it run to the end even if the request is cancelled
+    (its client went away mid-request): a committed write must always be announced, or a waiter
+    would only hear of it at its next re-read."""
+
+    @functools.wraps(method)
+    async def run_to_the_end(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(asyncio.ensure_future(method(*args, **kwargs)))
+
+    return run_to_the_end
+
+
 class RunService:
     def __init__(
         self, store: Store, notifier: Notifier, timers: Timers, publish: Callable[[str, str], None] | None = None
@@ -40,6 +58,7 @@ class RunService:
         # next pass (which would cost another transaction).
         self._publish = publish
 
+    @to_the_end
     async def start(self, req: StartRequest) -> tuple[Run, bool]:
         now = now_ms()
         wake_at = None
@@ -95,10 +114,12 @@ class RunService:
         await self.get(run_id)
         return await self._store.list_waits(run_id)
 
+    @to_the_end
     async def cancel(self, run_id: str, reason: str | None) -> Run:
         announce(self._notifier, self._timers, await self._store.cancel_run(run_id, reason, now_ms()))
         return await self.get(run_id)
 
+    @to_the_end
     async def send_event(self, run_id: str, name: str, data_json: str, reference_id: str | None) -> tuple[int, bool]:
         event_id, duplicate, queued = await self._store.send_event(run_id, name, data_json, reference_id, now_ms())
         self._notifier.notify_all(queued)
@@ -136,6 +157,7 @@ class RunService:
                 sent.append(run_id)
         return sent, failed
 
+    @to_the_end
     async def wakeup(self, run_id: str) -> Run:
         self._notifier.notify_all(await self._store.wakeup(run_id, now_ms()))
         return await self.get(run_id)
@@ -144,6 +166,7 @@ class RunService:
         await self._store.pause(run_id, now_ms())
         return await self.get(run_id)
 
+    @to_the_end
     async def resume(self, run_id: str) -> Run:
         self._notifier.notify_all(await self._store.resume(run_id, now_ms()))
         return await self.get(run_id)

@@ -16,7 +16,7 @@ from ..notifier import Notifier
 from ..state_machine import WORKER_OUTCOMES
 from ..store import Claimed, NewChild, NewWait, NextState, Store, TaskOutcome
 from ..timers import Timers, now_ms
-from .runs import announce
+from .runs import announce, to_the_end
 
 
 class WorkerService:
@@ -42,6 +42,7 @@ class WorkerService:
                 return claimed
             await self._notifier.wait(queues, min(remaining, self._notifier.recheck_s))
 
+    @to_the_end
     async def checkpoint(
         self,
         run_id: str,
@@ -67,6 +68,7 @@ class WorkerService:
     async def heartbeat(self, worker_id: str, runs: list[tuple[str, int]]) -> list[str]:
         return await self._store.heartbeat(worker_id, runs, now_ms() + self._claim_idle_timeout_ms)
 
+    @to_the_end
     async def release(self, worker_id: str) -> int:
         queues = await self._store.release_worker(worker_id, now_ms())
         self._notifier.notify_all(queues)

@@ -13,6 +13,7 @@ lacks (`$n` placeholders, `= ANY($n)` lists, row locks that SQLite's single writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import sqlite3
@@ -83,13 +84,21 @@ class SqliteTx:
         self._conn.executemany(translate(sql), [_params(a) for a in args])
 
 
+# Write transactions that share one commit at most (bounds how long the first of them waits).
+_MAX_BATCH = 64
+
+
 class SqliteBackend:
     writes_in_one_statement = False
 
     def __init__(self, url: str) -> None:
         self.path = path_from_url(url)
         self._conn: sqlite3.Connection | None = None
+        # Write transactions take turns on the one connection (the lock); see `transaction`.
         self._lock = asyncio.Lock()
+        self._waiting = 0  # write transactions waiting for their turn
+        self._batch: asyncio.Future[None] | None = None  # the open SQLite transaction's commit
+        self._batch_size = 0
         # Reads use a connection of their own: in WAL mode they never wait for a writer's COMMIT.
         self._reader: sqlite3.Connection | None = None
         self._read_lock = asyncio.Lock()
@@ -134,6 +143,8 @@ class SqliteBackend:
 
     async def close(self) -> None:
         async with self._lock, self._read_lock:
+            if self._batch is not None and self._conn is not None:
+                await self._commit(self._conn)
             for conn in (self._conn, self._reader):
                 if conn is not None:
                     conn.close()
@@ -150,22 +161,59 @@ class SqliteBackend:
                 finally:
                     self._reader.execute("COMMIT")
             return
-        async with self._lock:
+        # Group commit. Write transactions take turns on the connection, each in a savepoint of
+        # one SQLite transaction that stays open while others wait for their turn; the last of a
+        # run of them commits for all (one fsync), and each returns only once that commit is done.
+        # A transaction that finds no one waiting commits at once, so batching adds no wait; one
+        # that fails is rolled back to its savepoint, leaving the others' writes in place.
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             conn = self._conn
             if conn is None:
                 raise errors.StoreUnavailable("the SQLite store is closed")
-            conn.execute("BEGIN" if readonly else "BEGIN IMMEDIATE")
+            if self._batch is None:
+                conn.execute("BEGIN IMMEDIATE")
+                self._batch = asyncio.get_running_loop().create_future()
+            committed = self._batch
+            self._batch_size += 1
+            conn.execute("SAVEPOINT tx")
             try:
                 yield SqliteTx(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK TO tx")
+                conn.execute("RELEASE tx")
                 raise
-            if readonly:
-                conn.execute("COMMIT")
+            conn.execute("RELEASE tx")
+        finally:
+            try:
+                if self._batch is not None and (self._waiting == 0 or self._batch_size >= _MAX_BATCH):
+                    await self._commit(self._conn)
+            finally:
+                self._lock.release()
+        # Durable once this returns (or the commit failed, and it raises). Shielded: a member that
+        # is cancelled meanwhile must not cancel the others' wait.
+        await asyncio.shield(committed)
+
+    async def _commit(self, conn: sqlite3.Connection | None) -> None:
+        """COMMIT the open transaction on the committer thread, and tell every member."""
+        batch, self._batch, self._batch_size = self._batch, None, 0
+        assert batch is not None and conn is not None
+        future = asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
+        try:
+            await _uncancellable(future)
+        finally:
+            failure = future.exception()
+            if failure is None:
+                batch.set_result(None)
             else:
-                await _uncancellable(
-                    asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
-                )
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                batch.set_exception(failure)
+                batch.exception()  # retrieved: each member raises it on its own
 
     def statement(self) -> AbstractAsyncContextManager[Tx]:
         # Statements run in-process: a transaction around one costs nothing worth saving.

@@ -494,3 +494,47 @@ async def test_a_deadlock_between_two_postgresql_writers_is_a_retryable_503() ->
             assert sorted(map(str, outcomes)) == sorted(["committed", str(ErrorCode.UNAVAILABLE)])
         finally:
             await store.close()
+
+
+async def test_sqlite_group_commit_keeps_each_transaction_whole_and_durable_on_return(
+    sqlite_store: Store, db_path: Path
+) -> None:
+    """Concurrent writes share commits; each returns only once its writes are committed (another
+    connection sees them), and one that fails leaves nothing behind while the others stay."""
+    backend = sqlite_store.backend  # type: ignore[attr-defined]
+    commits = 0
+    commit = backend._commit
+
+    async def counted_commit(conn: sqlite3.Connection) -> None:
+        nonlocal commits
+        commits += 1
+        await commit(conn)
+
+    backend._commit = counted_commit
+
+    def committed_ids() -> set[str]:
+        with sqlite3.connect(db_path) as other:
+            return {r[0] for r in other.execute("SELECT id FROM runs")}
+
+    async def write(i: int) -> str:
+        try:
+            async with backend.transaction() as tx:
+                await tx.execute(
+                    "INSERT INTO runs (id, workflow, version, queue, state, input, input_hash, created_at, updated_at)"
+                    " VALUES ($1, 'wf', '1', $2, 'queued', 'null', 'h', $3, $3)",
+                    f"r{i}",
+                    Q,
+                    NOW,
+                )
+                await asyncio.sleep(0)  # let the others queue up behind this one
+                if i == 7:
+                    raise RuntimeError("this one changes its mind")
+        except RuntimeError:
+            return "rolled back"
+        assert f"r{i}" in committed_ids()  # durable before the transaction returned
+        return "committed"
+
+    outcomes = await asyncio.gather(*(write(i) for i in range(20)))
+    assert outcomes.count("rolled back") == 1 and outcomes[7] == "rolled back"
+    assert committed_ids() == {f"r{i}" for i in range(20) if i != 7}
+    assert 1 <= commits < 20  # they shared commits
