@@ -104,7 +104,8 @@ class WorkerHandle:
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._subscriber = self._make_subscriber()
-        self.runs_finished = 0
+        self.executions_started = 0  # claims taken: one execution each
+        self.runs_finished = 0  # executions that ran to their end (not fenced, failed or superseded)
 
     def _make_subscriber(self) -> Subscriber:
         options = dict(self.definition.subscriber or {})
@@ -173,10 +174,12 @@ class WorkerHandle:
 
     def _begin(self, claim: dict[str, Any]) -> None:
         run_id = claim["id"]
+        self.executions_started += 1
         stale = self._active.get(run_id)
         if stale is not None:
-            # This worker's own older claim on the run was released (it looked dead) and the run
-            # came back to it: the old execution is fenced out, the new claim takes over.
+            # The run came back to this worker while an older execution of it is still here: its
+            # claim was released (it looked dead), or its last checkpoint queued the run again and
+            # the answer has not been read yet. Either way the new claim takes over.
             stale.task.cancel()
         entry = _Active(claim["revision"], asyncio.create_task(self._execute(claim), name=f"aiki-run-{run_id}"))
         self._active[run_id] = entry

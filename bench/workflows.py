@@ -172,7 +172,10 @@ async def serve(args: argparse.Namespace) -> None:
         print(f"ready pid={os.getpid()} worker={handle.instance_id} subscriber={kind} loop={loop_name()}", flush=True)
         await stop.wait()
         await handle.stop()
-        print(f"stopped after {handle.runs_finished} run executions", flush=True)
+        print(
+            f"stopped after {handle.executions_started} run executions ({handle.runs_finished} ran to their end)",
+            flush=True,
+        )
     finally:
         await aiki.close()
 

@@ -94,7 +94,8 @@ class RedisStreamsSubscriber:
         )
         claimed: list[dict[str, Any]] = answer["runs"]
         for run in claimed:
-            self._held[run["id"]] = by_run.pop(run["id"])
+            # Added to, not replaced: an older execution of the run here may still hold its message.
+            self._held.setdefault(run["id"], []).extend(by_run.pop(run["id"]))
         # The rest are stale (claimed elsewhere, finished, duplicates): nothing to do for them.
         await self._ack([m for messages in by_run.values() for m in messages])
         return claimed
