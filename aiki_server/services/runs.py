@@ -42,7 +42,10 @@ def to_the_end(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @functools.wraps(method)
     async def run_to_the_end(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.shield(asyncio.ensure_future(method(*args, **kwargs)))
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        # If the caller is gone, nobody reads its outcome: mark it read (no "never retrieved").
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
 
     return run_to_the_end
 
