@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 
 class Notifier:
@@ -20,15 +20,22 @@ class Notifier:
         # are already published (the Redis publisher and bus listen).
         self.listeners: list[Callable[[set[str], bool], None]] = []
 
-    async def wait(self, keys: Iterable[str], timeout: float) -> None:
-        """Return when any key is notified, or after `timeout` seconds."""
+    @contextlib.contextmanager
+    def listen(self, keys: Iterable[str]) -> Iterator[Callable[[float], Awaitable[None]]]:
+        """Listen for `keys` from now on; yields `wait(timeout)`, which returns when any of them is
+        notified (even before the wait began) or after `timeout` seconds. Listen first, then look
+        at the database, then wait: news that comes while looking is not missed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         keys = list(keys)
         for key in keys:
             self._waiters.setdefault(key, set()).add(future)
-        try:
+
+        async def wait(timeout: float) -> None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout)
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+
+        try:
+            yield wait
         finally:
             for key in keys:
                 waiters = self._waiters.get(key)

@@ -97,13 +97,14 @@ class RunService:
         """The run; with `wait_ms`, wait up to that long for it to finish first."""
         deadline = time.monotonic() + wait_ms / 1000
         while True:
-            run = await self._store.get_run(run_id)
-            if run is None:
-                raise errors.not_found(f"no run with id {run_id!r}")
-            remaining = deadline - time.monotonic()
-            if run.state in TERMINAL_STATES or remaining <= 0:
-                return run
-            await self._notifier.wait([finished_key(run_id)], min(remaining, self._notifier.recheck_s))
+            with self._notifier.listen([finished_key(run_id)]) as news:
+                run = await self._store.get_run(run_id)
+                if run is None:
+                    raise errors.not_found(f"no run with id {run_id!r}")
+                remaining = deadline - time.monotonic()
+                if run.state in TERMINAL_STATES or remaining <= 0:
+                    return run
+                await news(min(remaining, self._notifier.recheck_s))
 
     async def tasks(self, run_id: str) -> list[dict[str, Any]]:
         await self.get(run_id)  # NotFound for an unknown run, not an empty list

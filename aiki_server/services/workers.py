@@ -33,14 +33,15 @@ class WorkerService:
         worker read from a stream), waiting up to `wait_ms` for one."""
         deadline = time.monotonic() + wait_ms / 1000
         while True:
-            now = now_ms()
-            claimed = await self._store.claim_runs(
-                worker_id, queues, max_runs, now, now + self._claim_idle_timeout_ms, run_ids
-            )
-            remaining = deadline - time.monotonic()
-            if claimed or remaining <= 0:
-                return claimed
-            await self._notifier.wait(queues, min(remaining, self._notifier.recheck_s))
+            with self._notifier.listen(queues) as news:
+                now = now_ms()
+                claimed = await self._store.claim_runs(
+                    worker_id, queues, max_runs, now, now + self._claim_idle_timeout_ms, run_ids
+                )
+                remaining = deadline - time.monotonic()
+                if claimed or remaining <= 0:
+                    return claimed
+                await news(min(remaining, self._notifier.recheck_s))
 
     @to_the_end
     async def checkpoint(

@@ -914,7 +914,12 @@ async def _requeue_running(tx: Tx, where: str, arg: Any, now_ms: int, why: str) 
 
 async def _wake(tx: Tx, run_ids: list[str], now_ms: int) -> list[str]:
     """Something these runs may wait for happened: queue the suspended ones; a running one is
-    flagged so that its worker's next suspension requeues it instead. Returns queues to notify."""
+    flagged so that its worker's next suspension requeues it instead. Returns queues to notify.
+
+    The rows are locked first, whatever their state: a run that is queued right now may be claimed
+    before this transaction commits, and that claim (and the reads and the suspension that follow
+    it) must wait for this news rather than miss it."""
+    await tx.fetch("SELECT id FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE", run_ids)
     rows = await tx.fetch(
         "UPDATE runs SET state = 'queued', wake_at = NULL, ready_at = $1, updated_at = $1, announced_at = NULL,"
         " announce_count = 0 WHERE id = ANY($2) AND state = ANY($3) RETURNING id, queue",

@@ -47,14 +47,14 @@ async def test_a_start_cancelled_after_its_commit_still_wakes_the_claimers(store
     slow = SlowStore(store)
     notifier = Notifier()
     runs = RunService(slow, notifier, Timers(slow, notifier))  # type: ignore[arg-type]
-    queue = "wf\x1f1"
-    claimer = asyncio.create_task(notifier.wait([queue], timeout=30))
-    request = asyncio.create_task(runs.start(StartRequest("r1", "wf", "1", "null", "h", None, None, None, None)))
-    await slow.committed.wait()
-    request.cancel()  # the client went away: the handler is cancelled mid-request
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    assert not claimer.done()
-    slow.go_on.set()
-    await asyncio.wait_for(claimer, timeout=5)  # woken by the notification, not by its 30 s timeout
+    with notifier.listen(["wf\x1f1"]) as news:
+        claimer = asyncio.create_task(news(30))
+        request = asyncio.create_task(runs.start(StartRequest("r1", "wf", "1", "null", "h", None, None, None, None)))
+        await slow.committed.wait()
+        request.cancel()  # the client went away: the handler is cancelled mid-request
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert not claimer.done()
+        slow.go_on.set()
+        await asyncio.wait_for(claimer, timeout=5)  # woken by the notification, not by its 30 s timeout
     assert (await store.get_run("r1")) is not None
