@@ -6,9 +6,10 @@ retries, while the pool reconnects on its own.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -109,27 +110,19 @@ class PostgresBackend:
             pool, self._pool = self._pool, None
             await pool.close()
 
-    @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
-        if readonly:
-            # The store's reads are single statements: BEGIN and COMMIT would only add round trips.
-            async with self.statement() as tx:
-                yield tx
-            return
-        if self._pool is None:
-            raise errors.StoreUnavailable("the PostgreSQL store is closed")
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield PostgresTx(conn)
-        except _UNAVAILABLE as exc:
-            raise errors.StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
+        # The store's reads are single statements: BEGIN and COMMIT would only add round trips.
+        return self._connection(begin=not readonly)
+
+    def statement(self) -> AbstractAsyncContextManager[Tx]:
+        return self._connection(begin=False)
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator[Tx]:
+    async def _connection(self, *, begin: bool) -> AsyncIterator[Tx]:
         if self._pool is None:
             raise errors.StoreUnavailable("the PostgreSQL store is closed")
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire() as conn, conn.transaction() if begin else contextlib.nullcontext():
                 yield PostgresTx(conn)
         except _UNAVAILABLE as exc:
             raise errors.StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
