@@ -20,9 +20,12 @@ import asyncio
 import contextlib
 import json
 import math
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 STEPS = {"1-step": 1, "10-step": 10, "sleep-1s": 0}
@@ -146,6 +149,30 @@ async def run_matrix(name: str, run_one: RunOne, seconds: float, only: str | Non
         )
         rows.append(row)
     return rows
+
+
+class SetupError(Exception):
+    """The engine could not be brought up: the run stops before measuring anything."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def guarded(measure: Callable[[], list[dict[str, Any]]]) -> int:
+    """A driver's exit status around `measure` (which cleans up after itself, writes the result and
+    returns its rows): 2 when the engine could not be brought up, 130 when interrupted — SIGTERM
+    counts as Ctrl-C, so the driver's own clean-up still runs —, 1 if a workflow failed, else 0."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        rows = measure()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1 if any(r["errors"] for r in rows) else 0
 
 
 def driver_args(description: str) -> argparse.ArgumentParser:

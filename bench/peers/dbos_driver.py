@@ -13,16 +13,15 @@ defaults: every workflow's status and every step's output are recorded before th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.metadata
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import uuid
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,10 +32,6 @@ import sqlalchemy as sa
 from dbos import DBOS
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-class SetupError(Exception):
-    """The engine could not be brought up: the run stops before measuring anything."""
 
 
 # Steps. Async like the workflows: DBOS runs an async step on the caller's event loop, where a sync
@@ -98,7 +93,7 @@ def create_pg_database(admin_url: str) -> tuple[str, str]:
         with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
-        raise SetupError(f"cannot create database {name} through {url}: {exc}") from exc
+        raise common.SetupError(f"cannot create database {name} through {url}: {exc}") from exc
     return name, url.set(database=name).render_as_string(hide_password=False)
 
 
@@ -112,18 +107,16 @@ def drop_pg_database(admin_url: str, name: str) -> None:
         print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM ends the run like Ctrl-C, so the database is still dropped."""
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = common.driver_args("DBOS Transact on the peer benchmark's workloads.")
     parser.add_argument("--db", choices=["postgres", "sqlite"], required=True, help="the system database")
     parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL, help="creates and drops the run's database")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
+    return common.guarded(lambda: measure(args))
 
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Bring DBOS up on a fresh system database, run the matrix, always clean up, write the result."""
     version = importlib.metadata.version("dbos")
     pg_name: str | None = None
     tmp_dir: str | None = None
@@ -143,14 +136,8 @@ def main() -> int:
             DBOS(config={"name": "aiki-peer-bench", "system_database_url": db_url, "log_level": "WARNING"})
             DBOS.launch()
         except Exception as exc:
-            raise SetupError(f"DBOS did not launch on {where}: {type(exc).__name__}: {exc}") from exc
+            raise common.SetupError(f"DBOS did not launch on {where}: {type(exc).__name__}: {exc}") from exc
         rows = asyncio.run(common.run_matrix(f"dbos {args.db}", run_one, args.seconds, args.only))
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
         if created:
             DBOS.destroy()  # also after a failed launch: it stops whatever the launch had started
@@ -165,7 +152,7 @@ def main() -> int:
         f"system database on {mode}, DBOS defaults but log level WARNING"
     )
     common.write_result(args.out, "dbos", mode, version, rows, deployment=deployment)
-    return 1 if any(r["errors"] for r in rows) else 0
+    return rows
 
 
 if __name__ == "__main__":

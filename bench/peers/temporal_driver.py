@@ -26,7 +26,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Coroutine
-from types import FrameType
 from typing import IO, Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,10 +47,6 @@ FIRST_RUN_TIMEOUT_S = 60.0
 MAX_CONCURRENT_WORKFLOW_TASKS = 200
 MAX_CONCURRENT_ACTIVITIES = 200
 WORKER_SHUTDOWN_S = 5.0
-
-
-class SetupError(Exception):
-    """The engine could not be brought up: the run stops before measuring anything."""
 
 
 def free_port() -> int:
@@ -88,7 +83,7 @@ def temporal_version(binary: str) -> str:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise SetupError(f"cannot run {binary} --version: {exc}") from exc
+        raise common.SetupError(f"cannot run {binary} --version: {exc}") from exc
     return out.stdout.strip()
 
 
@@ -115,7 +110,7 @@ def start_server(binary: str, tmp_dir: str, log: IO[bytes]) -> tuple[subprocess.
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     except OSError as exc:
-        raise SetupError(f"cannot start {binary}: {exc}") from exc
+        raise common.SetupError(f"cannot start {binary}: {exc}") from exc
     return proc, f"{HOST}:{port}"
 
 
@@ -125,13 +120,13 @@ def wait_for_port(proc: subprocess.Popen[bytes], address: str, log_path: str) ->
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SetupError(f"the Temporal server exited with {proc.returncode}:\n{tail(log_path)}")
+            raise common.SetupError(f"the Temporal server exited with {proc.returncode}:\n{tail(log_path)}")
         try:
             with socket.create_connection((host, int(port)), timeout=1):
                 return
         except OSError:
             time.sleep(0.1)
-    raise SetupError(f"the Temporal server did not listen on {address} within {SERVER_START_TIMEOUT_S} s")
+    raise common.SetupError(f"the Temporal server did not listen on {address} within {SERVER_START_TIMEOUT_S} s")
 
 
 def tail(path: str, lines: int = 20) -> str:
@@ -150,7 +145,7 @@ async def connect(address: str) -> Client:
             return await Client.connect(address)
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise SetupError(f"cannot connect a client to {address}: {exc}") from exc
+                raise common.SetupError(f"cannot connect a client to {address}: {exc}") from exc
             await asyncio.sleep(0.2)
 
 
@@ -166,11 +161,11 @@ async def first_run(run: Coroutine[Any, Any, Any], kind: str, worker: subprocess
         if worker.poll() is not None or time.monotonic() > deadline:
             task.cancel()
             state = "timed out" if worker.returncode is None else f"worker exited with {worker.returncode}"
-            raise SetupError(f"the first {kind} workflow did not complete ({state})")
+            raise common.SetupError(f"the first {kind} workflow did not complete ({state})")
     try:
         return task.result()
     except Exception as exc:
-        raise SetupError(f"the first {kind} workflow failed: {type(exc).__name__}: {exc}") from exc
+        raise common.SetupError(f"the first {kind} workflow failed: {type(exc).__name__}: {exc}") from exc
 
 
 async def bench(address: str, worker: subprocess.Popen[bytes], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -187,7 +182,9 @@ async def bench(address: str, worker: subprocess.Popen[bytes], args: argparse.Na
     for kind in common.STEPS:
         result = await first_run(run_one(kind, 0), kind, worker)
         if result != common.expected(kind, 0):
-            raise SetupError(f"the first {kind} workflow returned {result!r}, expected {common.expected(kind, 0)}")
+            raise common.SetupError(
+                f"the first {kind} workflow returned {result!r}, expected {common.expected(kind, 0)}"
+            )
     return await common.run_matrix("temporal", run_one, args.seconds, args.only)
 
 
@@ -212,11 +209,6 @@ async def serve(address: str) -> None:
         loop.call_later(WORKER_SHUTDOWN_S, os._exit, 0)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM ends the run like Ctrl-C, so the server and the worker are still stopped."""
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     if "--worker" in sys.argv:
         # The hidden worker mode, the driver's own child: it needs none of the driver's arguments.
@@ -227,8 +219,11 @@ def main() -> int:
     parser = common.driver_args("Temporal on the peer benchmark's workloads.")
     parser.add_argument("--temporal-bin", required=True, help="the Temporal CLI (its dev server is the server)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
+    return common.guarded(lambda: measure(args))
 
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start the dev server and a worker, run the matrix, always stop both, write the result."""
     server: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     tmp_dir = tempfile.mkdtemp(prefix="temporal_bench_")
@@ -245,12 +240,6 @@ def main() -> int:
             [sys.executable, os.path.abspath(__file__), "--worker", address], preexec_fn=_die_with_parent
         )
         rows = asyncio.run(bench(address, worker, args))
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
         # The worker first: stopped before the server, it does not log the server going away.
         if worker is not None:
@@ -268,7 +257,7 @@ def main() -> int:
     common.write_result(
         args.out, "temporal", "dev server, SQLite file", f"temporalio {sdk}; {version}", rows, deployment=deployment
     )
-    return 1 if any(r["errors"] for r in rows) else 0
+    return rows
 
 
 if __name__ == "__main__":
