@@ -12,6 +12,7 @@ import pytest
 
 from aiki_client import Client, connect
 from aiki_server import Server
+from aiki_server.store import Store, open_store
 
 from .procs import RedisProcess, ServerProcess, WorkerProcess
 
@@ -38,6 +39,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with fresh_pg_database() as url:
             yield url
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    return tmp_path / "store.db"
+
+
+async def _opened(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """The store itself (no server), on a fresh database: each test runs on SQLite and PostgreSQL."""
+    async for s in _opened(db_url):
+        yield s
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_path: Path) -> AsyncIterator[Store]:
+    """The store itself on a fresh SQLite file at `sqlite_path`."""
+    async for s in _opened(f"sqlite:///{sqlite_path}"):
+        yield s
 
 
 @pytest.fixture

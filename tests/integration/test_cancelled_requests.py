@@ -5,15 +5,13 @@ its next re-read of the database."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aiki_server.notifier import Notifier
 from aiki_server.services.runs import RunService, StartRequest
-from aiki_server.store import NewRun, Run, Store, open_store
+from aiki_server.store import NewRun, Run, Store
 from aiki_server.timers import Timers
 
 
@@ -35,16 +33,8 @@ class SlowStore:
         return getattr(self._store, name)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'aiki.db'}")
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_a_start_cancelled_after_its_commit_still_wakes_the_claimers(store: Store) -> None:
-    slow = SlowStore(store)
+async def test_a_start_cancelled_after_its_commit_still_wakes_the_claimers(sqlite_store: Store) -> None:
+    slow = SlowStore(sqlite_store)
     notifier = Notifier()
     runs = RunService(slow, notifier, Timers(slow, notifier))  # type: ignore[arg-type]
     with notifier.listen(["wf\x1f1"]) as news:
@@ -57,4 +47,4 @@ async def test_a_start_cancelled_after_its_commit_still_wakes_the_claimers(store
         assert not claimer.done()
         slow.go_on.set()
         await asyncio.wait_for(claimer, timeout=5)  # woken by the notification, not by its 30 s timeout
-    assert (await store.get_run("r1")) is not None
+    assert (await sqlite_store.get_run("r1")) is not None

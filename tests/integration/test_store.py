@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,27 +20,6 @@ from ..conftest import fresh_pg_database
 NOW = 1_800_000_000_000
 LEASE = 60_000
 Q = "wf\x1f1"
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "store.db"
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def sqlite_store(db_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{db_path}")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def new_run(
@@ -102,8 +80,8 @@ def schema(db_path: Path) -> tuple[dict[str, set[str]], set[str], list[int]]:
     return columns, indexes, versions
 
 
-async def test_migrations_create_the_expected_schema(sqlite_store: Store, db_path: Path) -> None:
-    columns, indexes, versions = schema(db_path)
+async def test_migrations_create_the_expected_schema(sqlite_store: Store, sqlite_path: Path) -> None:
+    columns, indexes, versions = schema(sqlite_path)
     assert {"runs", "task_calls", "run_history", "events", "waits", "schedules", "schema_migrations"} <= set(columns)
     assert {
         "id", "workflow", "version", "queue", "state", "revision", "input", "input_hash", "output", "error",
@@ -128,13 +106,13 @@ async def test_migrations_create_the_expected_schema(sqlite_store: Store, db_pat
     assert versions == [v for v, _ in MIGRATIONS] and versions[0] == 1
 
 
-async def test_reopening_is_idempotent_and_keeps_data(sqlite_store: Store, db_path: Path) -> None:
+async def test_reopening_is_idempotent_and_keeps_data(sqlite_store: Store, sqlite_path: Path) -> None:
     await sqlite_store.insert_run(new_run("kept", input_json='{"a":1}'), NOW)
-    before = schema(db_path)
+    before = schema(sqlite_path)
     await sqlite_store.close()
 
     for _ in range(2):
-        again = open_store(f"sqlite:///{db_path}")
+        again = open_store(f"sqlite:///{sqlite_path}")
         await again.open()
         try:
             run = await again.get_run("kept")
@@ -142,7 +120,7 @@ async def test_reopening_is_idempotent_and_keeps_data(sqlite_store: Store, db_pa
         finally:
             await again.close()
 
-    after = schema(db_path)
+    after = schema(sqlite_path)
     assert after == before
     versions = after[2]
     assert versions.count(1) == 1 and len(versions) == len(set(versions))
@@ -497,7 +475,7 @@ async def test_a_deadlock_between_two_postgresql_writers_is_a_retryable_503() ->
 
 
 async def test_sqlite_group_commit_keeps_each_transaction_whole_and_durable_on_return(
-    sqlite_store: Store, db_path: Path
+    sqlite_store: Store, sqlite_path: Path
 ) -> None:
     """Concurrent writes share commits; each returns only once its writes are committed (another
     connection sees them), and one that fails leaves nothing behind while the others stay."""
@@ -513,7 +491,7 @@ async def test_sqlite_group_commit_keeps_each_transaction_whole_and_durable_on_r
     backend._commit = counted_commit
 
     def committed_ids() -> set[str]:
-        with sqlite3.connect(db_path) as other:
+        with sqlite3.connect(sqlite_path) as other:
             return {r[0] for r in other.execute("SELECT id FROM runs")}
 
     async def write(i: int) -> str:

@@ -1,23 +1,11 @@
-"""The races of durable waits, made to happen exactly, against the SQLite store."""
+"""The races of durable waits, made to happen exactly, against the store (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from aiki_client.wire import RunState
-from aiki_server.store import NewChild, NewRun, NewWait, NextState, Store, open_store
+from aiki_server.store import NewChild, NewRun, NewWait, NextState, Store
 
 NOW = 1_800_000_000_000
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def claimed_run(store: Store, run_id: str = "r1") -> int:
